@@ -1,0 +1,81 @@
+"""One object reading every ``beat_sqlalchemy_*`` setting from a Celery app."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_URL = "sqlite:///celerybeat-schedule.sqlite3"
+URL_ENV = "BEAT_SQLALCHEMY_URL"
+#: Older spellings of ``beat_sqlalchemy_url`` accepted for compatibility.
+URL_ALIASES = ("beat_sqlalchemy_url", "BEAT_SQLALCHEMY_URL", "BEAT_SQLAlchemy_URL")
+
+
+def default_identity() -> str:
+    """``host:pid:random``, unique per beat process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def resolve_url(conf: Any = None) -> str:
+    """The database URL: app config, then the environment, then the SQLite default."""
+    if conf is not None:
+        for key in URL_ALIASES:
+            value = conf.get(key)
+            if value:
+                return str(value)
+    return os.environ.get(URL_ENV) or DEFAULT_URL
+
+
+@dataclass(frozen=True)
+class BeatConfig:
+    """The settings beatsqlalchemy reads; see the README's configuration table."""
+
+    url: str = DEFAULT_URL
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    sync_interval: float = 1.0
+    window: float = 10.0
+    batch_size: int = 1000
+    identity: str = field(default_factory=default_identity)
+    create_schema: bool | None = None
+    remove_missing_config_tasks: bool = False
+
+    @classmethod
+    def from_app(cls, app: Any) -> BeatConfig:
+        """Read the settings from ``app.conf`` (cached on the app)."""
+        cached = getattr(app, "_beatsqlalchemy_config", None)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        conf = app.conf
+        sync = _positive(conf, "beat_sqlalchemy_sync_interval", 1.0)
+        config = cls(
+            url=resolve_url(conf),
+            engine_options=dict(conf.get("beat_sqlalchemy_engine_options") or {}),
+            sync_interval=sync,
+            window=_positive(conf, "beat_sqlalchemy_window", max(10.0, 2 * sync)),
+            batch_size=int(_positive(conf, "beat_sqlalchemy_batch_size", 1000)),
+            identity=str(conf.get("beat_sqlalchemy_identity") or default_identity()),
+            create_schema=conf.get("beat_sqlalchemy_create_schema"),
+            remove_missing_config_tasks=bool(
+                conf.get("beat_sqlalchemy_remove_missing_config_tasks", False)
+            ),
+        )
+        app._beatsqlalchemy_config = config
+        return config
+
+
+def _positive(conf: Any, key: str, default: float) -> float:
+    value = conf.get(key)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if number <= 0:
+        from .exceptions import ValidationError
+
+        raise ValidationError(key, value, "must be a positive number")
+    return number

@@ -1,0 +1,747 @@
+"""Declarative models of the periodic-task tables, with validation at every write."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, ClassVar
+
+from celery.schedules import BaseSchedule
+from celery.schedules import crontab as celery_crontab
+from celery.schedules import schedule as celery_schedule
+from celery.schedules import solar as celery_solar
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+    select,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    validates,
+)
+from sqlalchemy.types import TypeDecorator
+
+from . import schedules as sched
+from .exceptions import ValidationError
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+SCHEDULE_KINDS = ("interval", "crontab", "solar", "clocked")
+NAME_LENGTH = 200
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stored as naive UTC (microseconds kept on MySQL), read back as aware UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return sched.as_utc(value).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # a value written with plain SQL on SQLite
+            value = datetime.fromisoformat(value)
+        return sched.as_utc(value)
+
+
+class Base(DeclarativeBase):
+    """Declarative base with the constraint naming convention the migrations use."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+# -- field coercion shared by the models and the API --------------------------------
+
+def as_datetime(field: str, value: Any) -> datetime | None:
+    """A datetime (or ISO string) as aware UTC; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValidationError(field, value, "not an ISO 8601 date and time") from exc
+    if not isinstance(value, datetime):
+        raise ValidationError(field, value, "must be a datetime")
+    return sched.as_utc(value)
+
+
+def as_json(field: str, value: Any, kind: type) -> Any:
+    """A list/dict, or a JSON string of one, checked to encode as JSON."""
+    if isinstance(value, (str, bytes)):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValidationError(field, value, f"not valid JSON: {exc}") from exc
+    if kind is list and isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, kind):
+        raise ValidationError(field, value, f"must be a JSON {'array' if kind is list else 'object'}")
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(field, value, f"cannot be stored as JSON: {exc}") from exc
+    return value
+
+
+def as_name(field: str, value: Any, optional: bool = False) -> str | None:
+    """A non-empty string of at most 200 characters (or None when optional)."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or (not optional and not value.strip()):
+        raise ValidationError(field, value, "must be a non-empty string")
+    if len(value) > NAME_LENGTH:
+        raise ValidationError(field, value, f"longer than {NAME_LENGTH} characters")
+    return value
+
+
+def as_int(field: str, value: Any, low: int, high: int | None = None) -> int | None:
+    """An int within [low, high], or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(field, value, "must be a whole number")
+    if value < low or (high is not None and value > high):
+        span = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ValidationError(field, value, f"must be {span}")
+    return value
+
+
+def as_bool(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError(field, value, "must be true or false")
+    return value
+
+
+# -- schedule tables ----------------------------------------------------------------
+
+class ScheduleMixin:
+    """What the four schedule tables share: their Celery object and their spec."""
+
+    kind: ClassVar[str]
+    #: columns that identify an equal schedule (equal schedules share a row)
+    identity: ClassVar[tuple[str, ...]]
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+    def spec(self) -> sched.Spec:
+        raise NotImplementedError
+
+    @property
+    def schedule(self) -> BaseSchedule:
+        raise NotImplementedError
+
+    def key(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.identity)
+
+
+class IntervalSchedule(ScheduleMixin, Base):
+    """Run every ``every`` ``period`` (days, hours, minutes, seconds, microseconds)."""
+
+    __tablename__ = "celery_interval_schedule"
+    __table_args__ = (UniqueConstraint("every", "period"),)
+    kind = "interval"
+    identity = ("every", "period")
+
+    every: Mapped[int] = mapped_column(Integer)
+    period: Mapped[str] = mapped_column(String(24))
+
+    @validates("every")
+    def _every(self, _key: str, value: Any) -> int:
+        return as_int("every", value, 1) or 1
+
+    @validates("period")
+    def _period(self, _key: str, value: Any) -> str:
+        if value not in sched.PERIODS:
+            raise ValidationError("period", value, f"must be one of {', '.join(sched.PERIODS)}")
+        return str(value)
+
+    def spec(self) -> sched.Interval:
+        return sched.Interval(sched.interval_delta(self.every, self.period))
+
+    @property
+    def schedule(self) -> celery_schedule:
+        return celery_schedule(self.spec().every)
+
+    def __str__(self) -> str:
+        unit = self.period[:-1] if self.every == 1 else self.period
+        return f"every {self.every} {unit}"
+
+
+class CrontabSchedule(ScheduleMixin, Base):
+    """A crontab evaluated in its own IANA timezone."""
+
+    __tablename__ = "celery_crontab_schedule"
+    __table_args__ = (
+        UniqueConstraint(
+            "minute", "hour", "day_of_week", "day_of_month", "month_of_year", "timezone",
+            name="uq_celery_crontab_schedule_fields",
+        ),
+    )
+    kind = "crontab"
+    identity = ("minute", "hour", "day_of_week", "day_of_month", "month_of_year", "timezone")
+
+    minute: Mapped[str] = mapped_column(String(240), default="*")
+    hour: Mapped[str] = mapped_column(String(96), default="*")
+    day_of_week: Mapped[str] = mapped_column(String(64), default="*")
+    day_of_month: Mapped[str] = mapped_column(String(124), default="*")
+    month_of_year: Mapped[str] = mapped_column(String(64), default="*")
+    timezone: Mapped[str] = mapped_column(String(63), default="UTC")
+
+    def __init__(self, **fields: Any) -> None:
+        for name in self.identity:
+            fields.setdefault(name, "UTC" if name == "timezone" else "*")
+        super().__init__(**fields)
+
+    @validates("minute", "hour", "day_of_week", "day_of_month", "month_of_year")
+    def _field(self, key: str, value: Any) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        sched.parse_cron_field(key, value)
+        return str(value).strip()
+
+    @validates("timezone")
+    def _timezone(self, _key: str, value: Any) -> str:
+        sched.zone(value if isinstance(value, str) else repr(value))
+        return str(value)
+
+    def spec(self) -> sched.Cron:
+        return sched.Cron.parse(
+            self.minute, self.hour, self.day_of_week, self.day_of_month, self.month_of_year,
+            self.timezone,
+        )
+
+    @property
+    def schedule(self) -> celery_crontab:
+        return ZonedCrontab(
+            minute=self.minute, hour=self.hour, day_of_week=self.day_of_week,
+            day_of_month=self.day_of_month, month_of_year=self.month_of_year,
+            tz_name=self.timezone,
+        )
+
+    def __str__(self) -> str:
+        return (
+            f"{self.minute} {self.hour} {self.day_of_month} {self.month_of_year} "
+            f"{self.day_of_week} ({self.timezone})"
+        )
+
+
+class ZonedCrontab(celery_crontab):
+    """Celery's crontab, evaluated in a timezone of its own instead of the app's."""
+
+    def __init__(self, *args: Any, tz_name: str = "UTC", **kwargs: Any) -> None:
+        self.tz_name = tz_name
+        super().__init__(*args, **kwargs)
+
+    @property
+    def tz(self) -> Any:  # type: ignore[override]
+        return sched.zone(self.tz_name)
+
+    def now(self) -> datetime:
+        return datetime.now(self.tz)
+
+    def __reduce__(self) -> Any:
+        return (
+            self.__class__,
+            (self._orig_minute, self._orig_hour, self._orig_day_of_week,
+             self._orig_day_of_month, self._orig_month_of_year),
+            {"tz_name": self.tz_name},
+        )
+
+
+class SolarSchedule(ScheduleMixin, Base):
+    """At a solar event (sunrise, sunset, ...) at a latitude and longitude."""
+
+    __tablename__ = "celery_solar_schedule"
+    __table_args__ = (UniqueConstraint("event", "latitude", "longitude"),)
+    kind = "solar"
+    identity = ("event", "latitude", "longitude")
+
+    event: Mapped[str] = mapped_column(String(24))
+    latitude: Mapped[Decimal] = mapped_column(Numeric(9, 6))
+    longitude: Mapped[Decimal] = mapped_column(Numeric(9, 6))
+
+    @validates("event")
+    def _event(self, _key: str, value: Any) -> str:
+        if value not in sched.SOLAR_EVENTS:
+            raise ValidationError("event", value, f"must be one of {', '.join(sched.SOLAR_EVENTS)}")
+        return str(value)
+
+    @validates("latitude", "longitude")
+    def _coordinate(self, key: str, value: Any) -> Decimal:
+        limit = 90 if key == "latitude" else 180
+        try:
+            number = Decimal(str(value)).quantize(Decimal("0.000001"))
+        except Exception as exc:
+            raise ValidationError(key, value, "must be a number") from exc
+        if isinstance(value, bool) or not (-limit <= number <= limit):
+            raise ValidationError(key, value, f"must lie between -{limit} and {limit}")
+        return number
+
+    def spec(self) -> sched.Solar:
+        return sched.Solar(self.event, float(self.latitude), float(self.longitude))
+
+    @property
+    def schedule(self) -> celery_solar:
+        return celery_solar(self.event, float(self.latitude), float(self.longitude))
+
+    def __str__(self) -> str:
+        return f"{self.event} at ({self.latitude}, {self.longitude})"
+
+
+class ClockedSchedule(ScheduleMixin, Base):
+    """Once, at ``clocked_time`` (a task using it must be ``one_off``)."""
+
+    __tablename__ = "celery_clocked_schedule"
+    __table_args__ = (UniqueConstraint("clocked_time"),)
+    kind = "clocked"
+    identity = ("clocked_time",)
+
+    clocked_time: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    @validates("clocked_time")
+    def _clocked_time(self, _key: str, value: Any) -> datetime:
+        moment = as_datetime("clocked_time", value)
+        if moment is None:
+            raise ValidationError("clocked_time", value, "is required")
+        return moment
+
+    def spec(self) -> sched.Clocked:
+        return sched.Clocked(self.clocked_time)
+
+    @property
+    def schedule(self) -> ClockedCelerySchedule:
+        return ClockedCelerySchedule(self.clocked_time)
+
+    def __str__(self) -> str:
+        return f"once at {self.clocked_time.isoformat()}"
+
+
+class ClockedCelerySchedule(BaseSchedule):
+    """A Celery schedule that is due once, at a fixed moment."""
+
+    def __init__(self, clocked_time: datetime) -> None:
+        self.clocked_time = sched.as_utc(clocked_time)
+        super().__init__()
+
+    def remaining_estimate(self, last_run_at: datetime) -> timedelta:
+        return self.clocked_time - sched.utcnow()
+
+    def is_due(self, last_run_at: datetime) -> tuple[bool, float]:
+        remaining = self.remaining_estimate(last_run_at).total_seconds()
+        return (remaining <= 0, max(remaining, 0.0) or 3600.0)
+
+    def __repr__(self) -> str:
+        return f"<clocked: {self.clocked_time.isoformat()}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ClockedCelerySchedule) and other.clocked_time == self.clocked_time
+
+    def __hash__(self) -> int:
+        return hash(self.clocked_time)
+
+
+SCHEDULE_MODELS: dict[str, type[ScheduleMixin]] = {
+    m.kind: m for m in (IntervalSchedule, CrontabSchedule, SolarSchedule, ClockedSchedule)
+}
+
+
+# -- the task table -----------------------------------------------------------------
+
+_ONE_SCHEDULE = " + ".join(
+    f"(CASE WHEN {kind}_id IS NULL THEN 0 ELSE 1 END)" for kind in SCHEDULE_KINDS
+) + " = 1"
+
+#: columns whose change can move a task's next run (the ORM recomputes it on flush)
+SCHEDULE_COLUMNS = (
+    "interval_id", "crontab_id", "solar_id", "clocked_id", "interval", "crontab", "solar",
+    "clocked", "enabled", "start_time", "one_off",
+)
+
+
+class PeriodicTask(Base):
+    """A task Celery beat sends on a schedule; ``next_run_at`` says when, in UTC."""
+
+    __tablename__ = "celery_periodic_task"
+    __table_args__ = (
+        CheckConstraint(_ONE_SCHEDULE, name="one_schedule"),
+        Index(None, "enabled", "next_run_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True)
+    task: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    interval_id: Mapped[int | None] = mapped_column(ForeignKey(IntervalSchedule.id), index=True)
+    crontab_id: Mapped[int | None] = mapped_column(ForeignKey(CrontabSchedule.id), index=True)
+    solar_id: Mapped[int | None] = mapped_column(ForeignKey(SolarSchedule.id), index=True)
+    clocked_id: Mapped[int | None] = mapped_column(ForeignKey(ClockedSchedule.id), index=True)
+    args: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    kwargs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    queue: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    exchange: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    routing_key: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    headers: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    priority: Mapped[int | None] = mapped_column(Integer)
+    expires: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expire_seconds: Mapped[int | None] = mapped_column(Integer)
+    one_off: Mapped[bool] = mapped_column(Boolean, default=False)
+    start_time: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    total_run_count: Mapped[int] = mapped_column(Integer, default=0)
+    date_changed: Mapped[datetime | None] = mapped_column(
+        UTCDateTime(), default=sched.utcnow, onupdate=sched.utcnow
+    )
+    description: Mapped[str] = mapped_column(Text, default="")
+    next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: apply_async options that have no column of their own (time_limit, ...)
+    extra_options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: "config" for tasks installed from the app's ``beat_schedule``
+    source: Mapped[str | None] = mapped_column(String(16))
+    #: set by the triggers when a plain-SQL write changed the task; beat recomputes it
+    needs_recompute: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    #: why beat could not schedule this row (cleared when the row is fixed)
+    schedule_error: Mapped[str | None] = mapped_column(Text)
+
+    interval: Mapped[IntervalSchedule | None] = relationship(lazy="joined")
+    crontab: Mapped[CrontabSchedule | None] = relationship(lazy="joined")
+    solar: Mapped[SolarSchedule | None] = relationship(lazy="joined")
+    clocked: Mapped[ClockedSchedule | None] = relationship(lazy="joined")
+
+    def __init__(self, **fields: Any) -> None:
+        fields.setdefault("args", [])
+        fields.setdefault("kwargs", {})
+        fields.setdefault("headers", {})
+        fields.setdefault("enabled", True)
+        fields.setdefault("one_off", False)
+        fields.setdefault("description", "")
+        fields.setdefault("total_run_count", 0)
+        super().__init__(**fields)
+
+    @validates("name", "task")
+    def _name(self, key: str, value: Any) -> str:
+        return as_name(key, value) or ""
+
+    @validates("queue", "exchange", "routing_key")
+    def _route(self, key: str, value: Any) -> str | None:
+        return as_name(key, value, optional=True)
+
+    @validates("args")
+    def _args(self, _key: str, value: Any) -> list[Any]:
+        return as_json("args", [] if value is None else value, list)  # type: ignore[no-any-return]
+
+    @validates("kwargs", "headers")
+    def _object(self, key: str, value: Any) -> dict[str, Any]:
+        return as_json(key, {} if value is None else value, dict)  # type: ignore[no-any-return]
+
+    @validates("extra_options")
+    def _extra_options(self, key: str, value: Any) -> dict[str, Any] | None:
+        return None if value is None else as_json(key, value, dict)  # type: ignore[no-any-return]
+
+    @validates("priority")
+    def _priority(self, key: str, value: Any) -> int | None:
+        return as_int(key, value, 0, 255)
+
+    @validates("expire_seconds")
+    def _expire_seconds(self, key: str, value: Any) -> int | None:
+        return as_int(key, value, 0)
+
+    @validates("expires", "start_time", "last_run_at", "next_run_at")
+    def _moment(self, key: str, value: Any) -> datetime | None:
+        return as_datetime(key, value)
+
+    @validates("one_off", "enabled")
+    def _flag(self, key: str, value: Any) -> bool:
+        return as_bool(key, value)
+
+    @validates("description")
+    def _description(self, key: str, value: Any) -> str:
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise ValidationError(key, value, "must be a string")
+        return value
+
+    # -- derived ----------------------------------------------------------------
+
+    @property
+    def schedule_row(self) -> ScheduleMixin | None:
+        """The one schedule row this task uses."""
+        for kind in SCHEDULE_KINDS:
+            row = getattr(self, kind)
+            if row is not None:
+                return row  # type: ignore[no-any-return]
+        return None
+
+    @property
+    def schedule(self) -> BaseSchedule:
+        """The Celery schedule object (``crontab``, ``schedule``, ``solar`` or clocked)."""
+        row = self.schedule_row
+        if row is None:
+            raise ValidationError("schedule", None, "the task has no schedule")
+        return row.schedule
+
+    def validate(self) -> None:
+        """Checks that span several fields; the single-field ones run on assignment."""
+        rows = [kind for kind in SCHEDULE_KINDS if getattr(self, kind) is not None
+                or getattr(self, f"{kind}_id") is not None]
+        if len(rows) != 1:
+            raise ValidationError("schedule", rows or None, "a task needs exactly one of interval, "
+                                  "crontab, solar or clocked")
+        if self.expires is not None and self.expire_seconds is not None:
+            raise ValidationError("expires", self.expires, "set expires or expire_seconds, not both")
+        if rows[0] == "clocked" and not self.one_off:
+            raise ValidationError("one_off", self.one_off, "a clocked task must be one_off")
+
+    def compute_next_run(self, now: datetime | None = None) -> datetime | None:
+        """When this task runs next (None when disabled or finished)."""
+        row = self.schedule_row
+        if not self.enabled or row is None:
+            return None
+        return sched.first_run(row.spec(), now or sched.utcnow(), self.last_run_at, self.start_time)
+
+    def __repr__(self) -> str:
+        return f"<PeriodicTask {self.name!r} ({self.task})>"
+
+    # -- the seed's API ---------------------------------------------------------
+
+    @classmethod
+    def update_or_create(
+        cls, session: Session | None = None, name: str | None = None,
+        defaults: dict[str, Any] | None = None, *, session_obj: Session | None = None,
+        commit: bool = True, **fields: Any,
+    ) -> tuple[PeriodicTask, bool]:
+        """Create the task called ``name`` or update it with ``fields`` and ``defaults``;
+        returns ``(task, created)``. Schedules may be given as rows, dicts, JSON strings,
+        Celery schedule objects, timedeltas or (crontab) 5-field cron strings."""
+        session = session or session_obj
+        if session is None:
+            raise TypeError("update_or_create() needs a session (positional or session_obj=)")
+        values = {**(defaults or {}), **fields}
+        name = as_name("name", name if name is not None else values.pop("name", None))
+        values.pop("name", None)
+        try:
+            task = session.scalars(select(cls).where(cls.name == name)).one_or_none()
+            created = task is None
+            if task is None:
+                task = cls(name=name, task=values.pop("task", None) or name)
+            apply_fields(session, task, values)
+            session.add(task)
+            if commit:
+                session.commit()
+            else:
+                session.flush()
+        except BaseException:
+            session.rollback()
+            raise
+        return task, created
+
+
+class PeriodicTaskRun(Base):
+    """One claimed run of a task: which slot, which Celery task id, who sent it."""
+
+    __tablename__ = "celery_periodic_task_run"
+    __table_args__ = (
+        UniqueConstraint("periodic_task_id", "slot"),
+        Index(None, "state", "claimed_at"),
+        Index(None, "periodic_task_name", "slot"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    periodic_task_id: Mapped[int] = mapped_column(Integer)
+    periodic_task_name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    slot: Mapped[datetime] = mapped_column(UTCDateTime())
+    task_id: Mapped[str] = mapped_column(String(36))
+    state: Mapped[str] = mapped_column(String(16))
+    sent_by: Mapped[str] = mapped_column(String(255))
+    claim_token: Mapped[str] = mapped_column(String(32))
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+# -- setting fields from any accepted form ------------------------------------------
+
+def apply_fields(session: Session, task: PeriodicTask, values: dict[str, Any]) -> None:
+    """Set ``values`` on ``task``; schedule keywords replace its schedule."""
+    given = [kind for kind in SCHEDULE_KINDS if values.get(kind) is not None]
+    if "schedule" in values:
+        value = values.pop("schedule")
+        if value is not None:
+            kind = schedule_kind(value)
+            values[kind] = value
+            given = [kind]
+    if len(given) > 1:
+        raise ValidationError("schedule", given, "give only one of interval, crontab, solar, clocked")
+    rows = {kind: resolve_schedule(session, kind, values[kind]) for kind in given}
+    for kind in SCHEDULE_KINDS:
+        values.pop(kind, None)
+        if given:
+            values.pop(f"{kind}_id", None)
+            setattr(task, kind, rows.get(kind))
+    if given == ["clocked"] and "one_off" not in values:
+        values["one_off"] = True
+    for key, value in values.items():
+        if key not in PeriodicTask.__mapper__.columns or key in ("id", "needs_recompute"):
+            raise ValidationError(key, value, "not a field of a periodic task")
+        setattr(task, key, value)
+
+
+def schedule_kind(value: Any) -> str:
+    """Which schedule table a value belongs in."""
+    if isinstance(value, ScheduleMixin):
+        return value.kind
+    if isinstance(value, celery_crontab):
+        return "crontab"
+    if isinstance(value, celery_solar):
+        return "solar"
+    if isinstance(value, (ClockedCelerySchedule, datetime)):
+        return "clocked"
+    if isinstance(value, (celery_schedule, timedelta)) or (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+    ):
+        return "interval"
+    if isinstance(value, str) and len(value.split()) == 5:
+        return "crontab"
+    raise ValidationError("schedule", value, "not a crontab, interval, solar or clocked schedule")
+
+
+def schedule_fields(kind: str, value: Any) -> dict[str, Any]:
+    """The column values of a schedule given in any accepted form."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        if kind == "crontab" and not stripped.startswith("{"):
+            return sched.split_cron(stripped)
+        if kind == "clocked" and not stripped.startswith("{"):
+            return {"clocked_time": value}
+        try:
+            value = json.loads(stripped)
+        except ValueError as exc:
+            raise ValidationError(kind, value, f"not valid JSON: {exc}") from exc
+    if isinstance(value, dict):
+        known = SCHEDULE_MODELS[kind].identity
+        unknown = set(value) - set(known)
+        if unknown:
+            raise ValidationError(kind, value, f"unknown field(s) {', '.join(sorted(unknown))}")
+        return dict(value)
+    if kind == "crontab" and isinstance(value, celery_crontab):
+        tz = getattr(value, "tz_name", None) or str(getattr(value.tz, "key", value.tz))
+        return {
+            "minute": str(value._orig_minute), "hour": str(value._orig_hour),
+            "day_of_week": str(value._orig_day_of_week),
+            "day_of_month": str(value._orig_day_of_month),
+            "month_of_year": str(value._orig_month_of_year), "timezone": tz,
+        }
+    if kind == "interval" and isinstance(value, (celery_schedule, timedelta, int, float)):
+        delta = value.run_every if isinstance(value, celery_schedule) else value
+        if not isinstance(delta, timedelta):
+            delta = timedelta(seconds=delta)
+        return interval_fields(delta)
+    if kind == "solar" and isinstance(value, celery_solar):
+        return {"event": value.event, "latitude": value.lat, "longitude": value.lon}
+    if kind == "clocked" and isinstance(value, (datetime, ClockedCelerySchedule)):
+        return {"clocked_time": getattr(value, "clocked_time", value)}
+    raise ValidationError(kind, value, f"cannot be read as a {kind} schedule")
+
+
+def interval_fields(delta: timedelta) -> dict[str, Any]:
+    """``every``/``period`` for a timedelta, in the largest unit that divides it."""
+    micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if micros < 1:
+        raise ValidationError("interval", delta, "must be longer than zero")
+    for period, size in (("days", 86_400_000_000), ("hours", 3_600_000_000),
+                         ("minutes", 60_000_000), ("seconds", 1_000_000)):
+        if micros % size == 0:
+            return {"every": micros // size, "period": period}
+    return {"every": micros, "period": "microseconds"}
+
+
+def resolve_schedule(session: Session, kind: str, value: Any) -> ScheduleMixin:
+    """The schedule row for ``value``: an equal existing row, or a new one."""
+    model = SCHEDULE_MODELS[kind]
+    if isinstance(value, model):
+        return value
+    candidate = model(**schedule_fields(kind, value))  # validates every field
+    key = dict(zip(model.identity, candidate.key(), strict=True))
+    with session.no_autoflush:
+        found = session.scalars(select(model).filter_by(**key)).first()
+    if found is not None:
+        return found
+    try:
+        with session.begin_nested():
+            session.add(candidate)
+    except IntegrityError:  # created meanwhile by another writer
+        found = session.scalars(select(model).filter_by(**key)).first()
+        if found is None:
+            raise
+        return found
+    return candidate
+
+
+@event.listens_for(Session, "before_flush")
+def _validate_and_schedule(session: Session, _context: Any, _instances: Any) -> None:
+    """Every task written through the ORM is validated and gets its ``next_run_at``."""
+    now = sched.utcnow()
+    for obj in list(session.new) + list(session.dirty):
+        if not isinstance(obj, PeriodicTask):
+            continue
+        obj.validate()
+        if obj in session.new or _schedule_changed(obj):
+            with session.no_autoflush:
+                obj.next_run_at = obj.compute_next_run(now)
+            obj.schedule_error = None
+
+
+def _schedule_changed(task: PeriodicTask) -> bool:
+    from sqlalchemy import inspect
+
+    state = inspect(task)
+    if state.attrs.next_run_at.history.has_changes():
+        return False  # the writer set next_run_at itself
+    return any(state.attrs[name].history.has_changes() for name in SCHEDULE_COLUMNS)
+
+
+def get_session(app: Any = None) -> Session:
+    """A session on the database configured for ``app`` (the current Celery app when
+    none is given); on the SQLite default the tables are created on first use."""
+    from celery import current_app
+
+    from .api import open_session
+
+    return open_session(app or current_app._get_current_object())

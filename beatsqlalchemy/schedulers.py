@@ -1,0 +1,224 @@
+"""The Celery beat plug-in: a heap of the near window, refreshed from the database."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery import Celery
+from celery.beat import Scheduler
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import api
+from . import schedules as sched
+from .config import BeatConfig
+from .db import get_engine, redact, session_factory
+from .migrate import ensure_schema
+from .models import PeriodicTask
+from .store import ClaimResult, Run, Store
+
+logger = logging.getLogger(__name__)
+
+MAX_RETRY_DELAY = 30.0
+
+
+def describe(exc: BaseException) -> str:
+    """One line about a database error, without SQL text, parameters or secrets."""
+    original = getattr(exc, "orig", None) or exc
+    text = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+class DatabaseScheduler(Scheduler):
+    """Celery beat scheduler whose schedule is the ``celery_periodic_task`` table.
+
+    Beat holds only the tasks due within ``beat_sqlalchemy_window`` seconds, re-read
+    every ``beat_sqlalchemy_sync_interval`` seconds; each run is claimed in the
+    database (compare-and-set on ``next_run_at``) before it is published.
+    """
+
+    def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
+        self.config = BeatConfig.from_app(app)
+        self.engine = get_engine(self.config.url, self.config.engine_options)
+        self.store = Store(self.engine, self.config.identity)
+        #: (due timestamp, task id, next_run_at as read): the near window only
+        self._window: list[tuple[float, int, datetime]] = []
+        self._window_end = 0.0
+        self._next_sync = 0.0
+        self._prepared = False
+        self._schema_checked = False
+        self._outage_since: float | None = None
+        self._retry_delay = 0.0
+        self._bad_rows: dict[str, str] = {}
+        kwargs.pop("schedule_filename", None)
+        super().__init__(app, *args, **kwargs)
+
+    # -- Celery's hooks ---------------------------------------------------------
+
+    def setup_schedule(self) -> None:
+        """Check the schema (create it on SQLite); a database that is down is retried."""
+        self._check_schema()
+
+    def _check_schema(self) -> bool:
+        try:
+            ensure_schema(self.engine, self.config.create_schema)
+        except SQLAlchemyError as exc:
+            self._db_failed(exc, "checking the schema")
+            return False
+        self._schema_checked = True
+        return True
+
+    def should_sync(self) -> bool:
+        return False  # run state is written when each run is claimed
+
+    def sync(self) -> None:
+        pass
+
+    @property
+    def info(self) -> str:
+        return (
+            f"    . database -> {redact(self.config.url)}\n"
+            f"    . identity -> {self.config.identity}\n"
+            f"    . sync every -> {self.config.sync_interval:g}s "
+            f"(window {self.config.window:g}s)"
+        )
+
+    # -- the redisbeat-style API ---------------------------------------------------
+
+    def add(self, **kwargs: Any) -> PeriodicTask:  # type: ignore[override]
+        """Create or update a task by name: ``name, task, schedule, args, kwargs,
+        options, enabled``; works from any process, beat picks it up at its next sync."""
+        with session_factory(api.engine_for(self.app))() as session:
+            return api.save_task(session, **kwargs)
+
+    def remove(self, name: str) -> bool:
+        """Delete the task ``name``; False when there was none."""
+        with session_factory(api.engine_for(self.app))() as session:
+            return api.remove_task(session, name)
+
+    # -- the tick ---------------------------------------------------------------
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """Sync when it is time, claim and send what is due, say how long to sleep."""
+        if time.monotonic() >= self._next_sync:
+            self._sync()
+        heap = self._window
+        now = time.time()
+        if heap and heap[0][0] <= now and self._outage_since is None:
+            self._run_due(now)
+            now = time.time()
+        wait: float = min(self._next_sync - time.monotonic(), float(self.max_interval))
+        if heap:
+            wait = min(wait, heap[0][0] - now)
+        return max(wait, 0.0)
+
+    def _sync(self) -> None:
+        now = sched.utcnow()
+        try:
+            if not self._schema_checked and not self._check_schema():
+                return
+            if not self._prepared:
+                self._install_config()
+            done, errors = self.store.recompute(now, self.config.batch_size)
+            self._report(errors)
+            until = now + timedelta(seconds=self.config.window)
+            limit = self.config.batch_size * 10
+            rows = self.store.window(until, limit)
+        except SQLAlchemyError as exc:
+            self._db_failed(exc, "syncing the schedule")
+            return
+        self._db_ok()
+        heap = [(row.next_run_at.timestamp(), row.id, row.next_run_at) for row in rows]
+        heapq.heapify(heap)
+        self._window[:] = heap
+        full = len(rows) >= limit
+        self._window_end = rows[-1].next_run_at.timestamp() if full else until.timestamp()
+        # a recompute batch that was full, or a truncated window, wants another sync soon
+        soon = full or done >= self.config.batch_size
+        self._next_sync = time.monotonic() + (0 if soon else self.config.sync_interval)
+
+    def _install_config(self) -> None:
+        entries = {**api.default_entries(self.app), **(self.app.conf.beat_schedule or {})}
+        with session_factory(self.engine)() as session:
+            installed, retired = api.install_config_schedule(
+                session, entries, self.config.remove_missing_config_tasks
+            )
+        logger.info("beat: %d task(s) from beat_schedule installed, %d retired", installed, retired)
+        logger.info("beat: identity %s, database %s", self.config.identity, redact(self.config.url))
+        self._prepared = True
+
+    def _run_due(self, now: float) -> None:
+        heap = self._window
+        due: list[tuple[float, int, datetime]] = []
+        while heap and heap[0][0] <= now and len(due) < self.config.batch_size:
+            due.append(heapq.heappop(heap))
+        try:
+            result = self.store.claim([(task_id, seen) for _, task_id, seen in due], sched.utcnow())
+        except SQLAlchemyError as exc:
+            for item in due:  # keep the window; claim again once the database is back
+                heapq.heappush(heap, item)
+            self._db_failed(exc, "claiming due runs")
+            return
+        self._db_ok()
+        self._report(result.errors)
+        self._publish(result)
+
+    def _publish(self, result: ClaimResult) -> None:
+        sent: list[int] = []
+        for run in result.runs:
+            if self._send(run):
+                sent.append(run.run_id)
+            if run.next_run_at is not None and run.next_run_at.timestamp() <= self._window_end:
+                heapq.heappush(self._window, (run.next_run_at.timestamp(), run.task_pk, run.next_run_at))
+        for task_pk, next_run in result.rescheduled:
+            if next_run is not None and next_run.timestamp() <= self._window_end:
+                heapq.heappush(self._window, (next_run.timestamp(), task_pk, next_run))
+        try:
+            self.store.mark_sent(sent, sched.utcnow())
+        except SQLAlchemyError as exc:
+            self._db_failed(exc, "recording sent runs")
+
+    def _send(self, run: Run) -> bool:
+        logger.info("Scheduler: Sending due task %s (%s)", run.name, run.task)
+        task = self.app.tasks.get(run.task)
+        try:
+            if task is not None:
+                task.apply_async(run.args, run.kwargs, producer=self.producer,
+                                 task_id=run.task_id, **run.options)
+            else:
+                self.app.send_task(run.task, run.args, run.kwargs, producer=self.producer,
+                                   task_id=run.task_id, **run.options)
+        except Exception as exc:  # a broker error must not stop beat
+            logger.error("beat: could not send %s (%s) for %s: %s", run.name, run.task,
+                         run.slot.isoformat(), exc, exc_info=True)
+            return False
+        return True
+
+    # -- health -----------------------------------------------------------------
+
+    def _report(self, errors: list[tuple[str, str]]) -> None:
+        for name, reason in errors:
+            if self._bad_rows.get(name) != reason:
+                logger.error("beat: task %r cannot be scheduled and is skipped: %s", name, reason)
+                self._bad_rows[name] = reason
+
+    def _db_failed(self, exc: BaseException, doing: str) -> None:
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            logger.error(
+                "beat: database %s unavailable while %s (%s); keeping %d scheduled run(s) "
+                "in memory and retrying", redact(self.config.url), doing, describe(exc),
+                len(self._window),
+            )
+        self._retry_delay = min(max(self._retry_delay * 2, 0.5), MAX_RETRY_DELAY)
+        self._next_sync = time.monotonic() + self._retry_delay
+
+    def _db_ok(self) -> None:
+        if self._outage_since is not None:
+            logger.warning("beat: database available again after %.1fs",
+                           time.monotonic() - self._outage_since)
+            self._outage_since = None
+            self._retry_delay = 0.0

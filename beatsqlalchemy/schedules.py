@@ -1,0 +1,241 @@
+"""Schedule math: parsing cron fields and computing the next run in UTC.
+
+Crontabs are evaluated in their own IANA timezone, one run per matching local
+wall-clock time: a time skipped by a spring-forward change runs once, at the
+same UTC offset it would have had before the change, and a time repeated by a
+fall-back change runs once, at its first occurrence.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from celery.schedules import crontab_parser
+
+from .exceptions import ValidationError
+
+UTC = timezone.utc
+PERIODS = ("days", "hours", "minutes", "seconds", "microseconds")
+SOLAR_EVENTS = (
+    "dawn_astronomical", "dawn_nautical", "dawn_civil", "sunrise", "solar_noon",
+    "sunset", "dusk_civil", "dusk_nautical", "dusk_astronomical",
+)
+#: cron field name -> (size, first value) as celery's parser expects them.
+CRON_FIELDS: dict[str, tuple[int, int]] = {
+    "minute": (60, 0),
+    "hour": (24, 0),
+    "day_of_week": (7, 0),
+    "day_of_month": (31, 1),
+    "month_of_year": (12, 1),
+}
+CRON_ORDER = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+_SEARCH_YEARS = 29  # reaches any Feb 29 that also has to fall on a given weekday
+_DAY = timedelta(days=1)
+
+
+def utcnow() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """An aware UTC datetime; naive values are taken to be UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+@lru_cache(maxsize=512)
+def zone(name: str) -> ZoneInfo:
+    """The ``ZoneInfo`` for an IANA name, or a ValidationError naming it."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+        raise ValidationError("timezone", name, "unknown IANA timezone") from exc
+
+
+@lru_cache(maxsize=4096)
+def parse_cron_field(field: str, value: str) -> tuple[int, ...]:
+    """The sorted values a cron field matches, or a ValidationError."""
+    size, first = CRON_FIELDS[field]
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(field, value, "must be a non-empty cron expression")
+    try:
+        values = crontab_parser(size, first).parse(value.strip().lower())
+    except Exception as exc:  # celery raises ValueError, ParseException, ...
+        raise ValidationError(field, value, str(exc) or "unparsable") from exc
+    if not values or not all(first <= v < first + size for v in values):
+        raise ValidationError(field, value, f"values must lie in {first}..{first + size - 1}")
+    return tuple(sorted(values))
+
+
+def split_cron(expression: str) -> dict[str, str]:
+    """A 5-field cron string (``m h dom mon dow``) as crontab field values."""
+    parts = expression.split() if isinstance(expression, str) else []
+    if len(parts) != 5:
+        raise ValidationError("crontab", expression, "a cron string has 5 fields: m h dom mon dow")
+    fields = dict(zip(CRON_ORDER, parts, strict=True))
+    for name, value in fields.items():
+        parse_cron_field(name, value)
+    return fields
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A parsed crontab: the matching values of each field and the timezone."""
+
+    minutes: tuple[int, ...]
+    hours: tuple[int, ...]
+    days_of_week: frozenset[int]  # 0 = Sunday, as in cron and celery
+    days_of_month: frozenset[int]
+    months: frozenset[int]
+    tz: ZoneInfo
+
+    @classmethod
+    def parse(
+        cls, minute: str, hour: str, day_of_week: str, day_of_month: str,
+        month_of_year: str, timezone_name: str,
+    ) -> Cron:
+        return _parse_cron(minute, hour, day_of_week, day_of_month, month_of_year, timezone_name)
+
+    def next_after(self, after: datetime) -> datetime | None:
+        """The first run strictly after ``after`` (aware), in UTC; None if there is none."""
+        after = as_utc(after)
+        # Near a DST change a wall time up to the shift before ``after`` can map to a
+        # later instant (a skipped time runs at the old offset), so look back that far.
+        shift = abs(self.tz.utcoffset(after + _DAY) - self.tz.utcoffset(after - _DAY))  # type: ignore[operator]
+        start = after.astimezone(self.tz).replace(tzinfo=None) - shift
+        day, floor = start.date(), (start.hour, start.minute)
+        end = day + timedelta(days=366 * _SEARCH_YEARS)
+        while day <= end:
+            if day.month not in self.months:
+                day = (day.replace(day=1) + timedelta(days=32)).replace(day=1)
+            else:
+                if day.day in self.days_of_month and (day.isoweekday() % 7) in self.days_of_week:
+                    found = self._first_on(day, after, floor)
+                    if found is not None:
+                        return found
+                day += _DAY
+            floor = (0, 0)
+        return None
+
+    def _first_on(self, day: date, after: datetime, floor: tuple[int, int]) -> datetime | None:
+        for hour in self.hours[bisect.bisect_left(self.hours, floor[0]):]:
+            minutes = self.minutes
+            if hour == floor[0]:
+                minutes = minutes[bisect.bisect_left(minutes, floor[1]):]
+            for minute in minutes:
+                wall = datetime(day.year, day.month, day.day, hour, minute, tzinfo=self.tz)
+                moment = wall.astimezone(UTC)
+                if moment > after:
+                    return moment
+        return None
+
+
+@lru_cache(maxsize=4096)
+def _parse_cron(
+    minute: str, hour: str, day_of_week: str, day_of_month: str, month_of_year: str,
+    timezone_name: str,
+) -> Cron:
+    return Cron(
+        minutes=parse_cron_field("minute", minute),
+        hours=parse_cron_field("hour", hour),
+        days_of_week=frozenset(parse_cron_field("day_of_week", day_of_week)),
+        days_of_month=frozenset(parse_cron_field("day_of_month", day_of_month)),
+        months=frozenset(parse_cron_field("month_of_year", month_of_year)),
+        tz=zone(timezone_name),
+    )
+
+
+def interval_delta(every: Any, period: Any) -> timedelta:
+    """The timedelta of an interval, or a ValidationError naming the bad field."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValidationError("every", every, "must be a whole number of at least 1")
+    if period not in PERIODS:
+        raise ValidationError("period", period, f"must be one of {', '.join(PERIODS)}")
+    return timedelta(**{period: every})
+
+
+def next_interval(every: timedelta, anchor: datetime, now: datetime) -> datetime:
+    """The first time ``anchor + k * every`` (k >= 1) later than ``now``: keeps the phase
+    and skips the slots missed while beat was down."""
+    anchor, now = as_utc(anchor), as_utc(now)
+    if anchor + every > now:
+        return anchor + every
+    missed = (now - anchor) // every
+    return anchor + every * (missed + 1)
+
+
+def next_solar(event: str, latitude: float, longitude: float, after: datetime) -> datetime:
+    """The next time of a solar event after ``after`` (needs the ``ephem`` package)."""
+    from celery.schedules import solar
+
+    schedule = solar(event, latitude, longitude)
+    delta: timedelta = schedule.remaining_estimate(as_utc(after))
+    return as_utc(after) + max(delta, timedelta(0))
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """Every ``every``, anchored at the previous slot so the phase never drifts."""
+
+    every: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Solar:
+    """At a solar event seen from a place on Earth."""
+
+    event: str
+    latitude: float
+    longitude: float
+
+
+@dataclass(frozen=True, slots=True)
+class Clocked:
+    """Once, at a fixed moment."""
+
+    at: datetime
+
+
+Spec = Interval | Cron | Solar | Clocked
+_TINY = timedelta(microseconds=1)
+
+
+def first_run(
+    spec: Spec, now: datetime, last_run_at: datetime | None = None,
+    start_time: datetime | None = None,
+) -> datetime | None:
+    """When a new, changed or re-enabled task runs next: never a slot already past
+    (no stale catch-up), never before ``start_time``."""
+    not_before = max(now, as_utc(start_time)) if start_time is not None else now
+    if isinstance(spec, Interval):
+        anchor = last_run_at or start_time
+        if anchor is None:
+            return now + spec.every
+        if start_time is not None and as_utc(start_time) > now and last_run_at is None:
+            return as_utc(start_time)
+        return max(next_interval(spec.every, anchor, now), not_before)
+    if isinstance(spec, Cron):
+        return spec.next_after(not_before - _TINY if not_before > now else now)
+    if isinstance(spec, Solar):
+        return next_solar(spec.event, spec.latitude, spec.longitude, not_before)
+    if last_run_at is not None and as_utc(last_run_at) >= as_utc(spec.at):
+        return None  # a clocked task that already ran
+    return max(as_utc(spec.at), not_before)
+
+
+def after_run(spec: Spec, slot: datetime, now: datetime) -> datetime | None:
+    """The run after the one due at ``slot``, claimed at ``now``: one catch-up at most,
+    the slots missed while beat was down are skipped."""
+    if isinstance(spec, Interval):
+        return next_interval(spec.every, slot, now)
+    if isinstance(spec, Cron):
+        return spec.next_after(max(slot, now))
+    if isinstance(spec, Solar):
+        return next_solar(spec.event, spec.latitude, spec.longitude, max(slot, now) + timedelta(minutes=1))
+    return None

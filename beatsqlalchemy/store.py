@@ -1,0 +1,287 @@
+"""Every SQL statement the scheduler runs: the near window, recompute, claim, run log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeAlias
+
+from sqlalchemy import Connection, Engine, Table, Text, cast, insert, select, true, update
+
+from . import schedules as sched
+from .exceptions import ValidationError
+from .models import (
+    SCHEDULE_KINDS,
+    ClockedSchedule,
+    CrontabSchedule,
+    IntervalSchedule,
+    PeriodicTask,
+    PeriodicTaskRun,
+    SolarSchedule,
+)
+
+logger = logging.getLogger(__name__)
+
+#: a result row of the task columns below
+TaskRow: TypeAlias = Any
+
+
+def _table(model: type[Any]) -> Table:
+    return model.__table__  # type: ignore[no-any-return]
+
+
+TASKS = _table(PeriodicTask)
+RUNS = _table(PeriodicTaskRun)
+_C = TASKS.c
+#: the columns beat reads to send a run (JSON read as text, parsed per row)
+_SEND_COLUMNS = (
+    _C.id, _C.name, _C.task, _C.enabled, _C.one_off, _C.next_run_at, _C.last_run_at,
+    _C.start_time, _C.expires, _C.expire_seconds, _C.queue, _C.exchange, _C.routing_key,
+    _C.priority, _C.interval_id, _C.crontab_id, _C.solar_id, _C.clocked_id,
+    cast(_C.args, Text).label("args"), cast(_C.kwargs, Text).label("kwargs"),
+    cast(_C.headers, Text).label("headers"), cast(_C.extra_options, Text).label("extra_options"),
+)
+TASK_ID_NAMESPACE = uuid.UUID("6f2b8f52-3c4e-5b7a-9d1e-2a7c0e5b4f10")
+
+
+def run_task_id(task_pk: int, slot: datetime) -> str:
+    """The Celery task id of a run: the same wherever and however often it is sent."""
+    return str(uuid.uuid5(TASK_ID_NAMESPACE, f"{task_pk}@{sched.as_utc(slot).isoformat()}"))
+
+
+@dataclass(slots=True)
+class Run:
+    """A claimed run, ready to publish."""
+
+    run_id: int
+    task_pk: int
+    name: str
+    task: str
+    slot: datetime
+    task_id: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+    next_run_at: datetime | None
+
+
+@dataclass(slots=True)
+class ClaimResult:
+    """What one claim transaction did."""
+
+    runs: list[Run] = field(default_factory=list)
+    #: tasks whose next run moved without a send (expired, bad row): (id, next_run_at)
+    rescheduled: list[tuple[int, datetime | None]] = field(default_factory=list)
+    #: (task name, reason) for rows that could not be scheduled
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Store:
+    """The scheduler's view of the database; each method is one short transaction."""
+
+    def __init__(self, engine: Engine, identity: str) -> None:
+        self.engine = engine
+        self.identity = identity
+        self._lock_rows = engine.dialect.name != "sqlite"  # SQLite: BEGIN IMMEDIATE instead
+
+    # -- reading --------------------------------------------------------------
+
+    def window(self, until: datetime, limit: int) -> Sequence[TaskRow]:
+        """``(id, next_run_at)`` of enabled tasks due by ``until``, earliest first."""
+        query = (
+            select(_C.id, _C.next_run_at)
+            .where(_C.enabled == true(), _C.next_run_at <= until)
+            .order_by(_C.next_run_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            return connection.execute(query).all()
+
+    # -- recompute ------------------------------------------------------------
+
+    def recompute(self, now: datetime, limit: int) -> tuple[int, list[tuple[str, str]]]:
+        """Give tasks flagged by a plain-SQL write a fresh ``next_run_at``; returns how
+        many were done and the (name, reason) of rows that cannot be scheduled."""
+        errors: list[tuple[str, str]] = []
+        with self.engine.begin() as connection:
+            query = select(*_SEND_COLUMNS).where(_C.needs_recompute == true()).limit(limit)
+            if self._lock_rows:
+                query = query.with_for_update(skip_locked=True)
+            rows = connection.execute(query).all()
+            if not rows:
+                return 0, errors
+            specs = _load_specs(connection, rows)
+            for row in rows:
+                values: dict[str, Any] = {"needs_recompute": False, "schedule_error": None}
+                try:
+                    _parse_payload(row)
+                    spec = _spec_of(row, specs)
+                    values["next_run_at"] = (
+                        sched.first_run(spec, now, row.last_run_at, row.start_time)
+                        if row.enabled else None
+                    )
+                except ValidationError as exc:
+                    values.update(next_run_at=None, schedule_error=str(exc))
+                    errors.append((row.name, str(exc)))
+                connection.execute(update(TASKS).where(_C.id == row.id).values(**values))
+        return len(rows), errors
+
+    # -- claim ----------------------------------------------------------------
+
+    def claim(self, due: Sequence[tuple[int, datetime]], now: datetime) -> ClaimResult:
+        """Claim the runs ``(task id, next_run_at seen)`` in one transaction: each row is
+        advanced only if its ``next_run_at`` is still the value seen (compare-and-set),
+        and each claim is logged; a run lost to another beat is simply left out."""
+        result = ClaimResult()
+        seen = dict(due)
+        token = uuid.uuid4().hex
+        with self.engine.begin() as connection:
+            query = select(*_SEND_COLUMNS).where(_C.id.in_(list(seen)), _C.enabled == true())
+            if self._lock_rows:
+                query = query.with_for_update(skip_locked=True)
+            rows = [r for r in connection.execute(query).all() if r.next_run_at == seen[r.id]]
+            specs = _load_specs(connection, rows)
+            for row in rows:
+                self._claim_row(connection, row, specs, now, token, result)
+        return result
+
+    def _claim_row(
+        self, connection: Connection, row: TaskRow, specs: dict[tuple[str, int], sched.Spec],
+        now: datetime, token: str, result: ClaimResult,
+    ) -> None:
+        slot: datetime = row.next_run_at
+        cas = update(TASKS).where(_C.id == row.id, _C.next_run_at == slot)
+        try:
+            args, kwargs, options = _parse_payload(row)
+            spec = _spec_of(row, specs)
+            next_run = None if row.one_off else sched.after_run(spec, slot, now)
+        except ValidationError as exc:
+            connection.execute(cas.values(next_run_at=None, schedule_error=str(exc)))
+            result.errors.append((row.name, str(exc)))
+            result.rescheduled.append((row.id, None))
+            return
+        if row.expires is not None and row.expires <= now:
+            connection.execute(cas.values(enabled=False, next_run_at=None))
+            logger.info("beat: task %r expired at %s; disabled it", row.name, row.expires.isoformat())
+            result.rescheduled.append((row.id, None))
+            return
+        claimed = connection.execute(
+            cas.values(
+                next_run_at=next_run, last_run_at=now,
+                total_run_count=_C.total_run_count + 1,
+                enabled=not row.one_off and next_run is not None,
+            )
+        )
+        if claimed.rowcount != 1:
+            return  # another beat advanced it first
+        task_id = run_task_id(row.id, slot)
+        inserted = connection.execute(
+            insert(RUNS).values(
+                periodic_task_id=row.id, periodic_task_name=row.name, slot=slot,
+                task_id=task_id, state="claimed", sent_by=self.identity,
+                claim_token=token, claimed_at=now,
+            )
+        )
+        run_id: int = inserted.inserted_primary_key[0]  # type: ignore[index]
+        result.runs.append(Run(
+            run_id=run_id, task_pk=row.id, name=row.name,
+            task=row.task, slot=slot, task_id=task_id, args=args, kwargs=kwargs,
+            options=options, next_run_at=next_run,
+        ))
+
+    def mark_sent(self, run_ids: Sequence[int], now: datetime) -> None:
+        """Record that the broker accepted these runs."""
+        if not run_ids:
+            return
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(RUNS).where(RUNS.c.id.in_(list(run_ids))).values(state="sent", sent_at=now)
+            )
+
+
+# -- row parsing ------------------------------------------------------------------
+
+def _loads(field: str, raw: str | None, kind: type, default: Any) -> Any:
+    if raw is None:
+        return default
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValidationError(field, raw, f"not valid JSON: {exc}") from exc
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise ValidationError(field, value, f"must be a JSON {'array' if kind is list else 'object'}")
+    return value
+
+
+def _parse_payload(row: TaskRow) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """args, kwargs and the apply_async options of a task row, validated."""
+    args = _loads("args", row.args, list, [])
+    kwargs = _loads("kwargs", row.kwargs, dict, {})
+    headers = _loads("headers", row.headers, dict, {})
+    options: dict[str, Any] = dict(_loads("extra_options", row.extra_options, dict, {}))
+    for key in ("queue", "exchange", "routing_key"):
+        value = getattr(row, key)
+        if value:
+            options[key] = value
+    if row.priority is not None:
+        if not 0 <= row.priority <= 255:
+            raise ValidationError("priority", row.priority, "must be between 0 and 255")
+        options["priority"] = row.priority
+    if row.expires is not None:
+        options["expires"] = row.expires
+    elif row.expire_seconds is not None:
+        options["expires"] = row.expire_seconds
+    options["headers"] = {**headers, "celery_beat_task": True}
+    return args, kwargs, options
+
+
+_SPEC_TABLES: dict[str, tuple[Table, Callable[[TaskRow], Any]]] = {
+    "interval": (_table(IntervalSchedule),
+                 lambda r: sched.Interval(sched.interval_delta(r.every, r.period))),
+    "crontab": (_table(CrontabSchedule),
+                lambda r: sched.Cron.parse(r.minute, r.hour, r.day_of_week, r.day_of_month,
+                                           r.month_of_year, r.timezone)),
+    "solar": (_table(SolarSchedule),
+              lambda r: sched.Solar(_solar_event(r.event), float(r.latitude), float(r.longitude))),
+    "clocked": (_table(ClockedSchedule), lambda r: sched.Clocked(sched.as_utc(r.clocked_time))),
+}
+
+
+def _solar_event(event: str) -> str:
+    if event not in sched.SOLAR_EVENTS:
+        raise ValidationError("event", event, f"must be one of {', '.join(sched.SOLAR_EVENTS)}")
+    return event
+
+
+def _load_specs(connection: Connection, rows: Sequence[TaskRow]) -> dict[tuple[str, int], Any]:
+    """The schedules the rows use, keyed by (kind, id); a bad schedule maps to its error."""
+    specs: dict[tuple[str, int], Any] = {}
+    for kind in SCHEDULE_KINDS:
+        ids = {getattr(r, f"{kind}_id") for r in rows} - {None}
+        if not ids:
+            continue
+        table, build = _SPEC_TABLES[kind]
+        for schedule_row in connection.execute(select(table).where(table.c.id.in_(ids))):
+            try:
+                specs[kind, schedule_row.id] = build(schedule_row)
+            except ValidationError as exc:
+                specs[kind, schedule_row.id] = exc
+    return specs
+
+
+def _spec_of(row: TaskRow, specs: dict[tuple[str, int], Any]) -> sched.Spec:
+    kinds = [k for k in SCHEDULE_KINDS if getattr(row, f"{k}_id") is not None]
+    if len(kinds) != 1:
+        raise ValidationError("schedule", kinds or None, "a task needs exactly one schedule")
+    spec = specs.get((kinds[0], getattr(row, f"{kinds[0]}_id")))
+    if spec is None:
+        raise ValidationError(f"{kinds[0]}_id", getattr(row, f"{kinds[0]}_id"), "no such schedule")
+    if isinstance(spec, ValidationError):
+        raise spec
+    return spec  # type: ignore[no-any-return]

@@ -1,0 +1,1 @@
+"""Alembic migrations of beatsqlalchemy, shipped in the wheel as ``beatsqlalchemy.migrations``."""

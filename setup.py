@@ -1,0 +1,51 @@
+"""Packaging of beatsqlalchemy; the Alembic migrations ship as beatsqlalchemy.migrations."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="beatsqlalchemy",
+    version="1.0.0",
+    description="A Celery beat scheduler that keeps periodic tasks and run state in a SQL database",
+    long_description=(HERE / "README.rst").read_text(encoding="utf-8"),
+    long_description_content_type="text/x-rst",
+    license="BSD-3-Clause",
+    python_requires=">=3.10",
+    packages=["beatsqlalchemy", "beatsqlalchemy.migrations", "beatsqlalchemy.migrations.versions"],
+    package_dir={"beatsqlalchemy.migrations": "migrations"},
+    package_data={"beatsqlalchemy": ["py.typed"], "beatsqlalchemy.migrations": ["script.py.mako"]},
+    install_requires=[
+        "celery>=5.3,<6",
+        "sqlalchemy>=2.0,<3",
+        "alembic>=1.12",
+        "click>=8.1",
+    ],
+    extras_require={
+        "postgresql": ["psycopg2-binary>=2.9"],
+        "mysql": ["PyMySQL>=1.1"],
+        "solar": ["ephem>=4.1"],
+        "test": [
+            "pytest>=7.4",
+            "pytest-mock>=3.12",
+            "pytest-timeout>=2.2",
+            "redis>=4.5",
+            "psycopg2-binary>=2.9",
+            "PyMySQL>=1.1",
+            "ruff>=0.5",
+            "mypy>=1.10",
+        ],
+    },
+    entry_points={
+        "celery.beat_schedulers": [
+            "beatsqlalchemy = beatsqlalchemy.schedulers:DatabaseScheduler",
+        ],
+    },
+    classifiers=[
+        "Framework :: Celery",
+        "Programming Language :: Python :: 3",
+        "Topic :: System :: Distributed Computing",
+    ],
+)
