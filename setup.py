@@ -24,21 +24,23 @@ setup(
         "click>=8.1",
     ],
     extras_require={
-        "postgresql": ["psycopg2-binary>=2.9"],
+        "postgresql": ["psycopg[binary]>=3.1"],
         "mysql": ["PyMySQL>=1.1"],
         "solar": ["ephem>=4.1"],
         "test": [
             "pytest>=7.4",
             "pytest-mock>=3.12",
             "pytest-timeout>=2.2",
+            "docutils>=0.20",
             "redis>=4.5",
-            "psycopg2-binary>=2.9",
+            "psycopg[binary]>=3.1",
             "PyMySQL>=1.1",
             "ruff>=0.5",
             "mypy>=1.10",
         ],
     },
     entry_points={
+        "console_scripts": ["beatsqlalchemy = beatsqlalchemy.cli:main"],
         "celery.beat_schedulers": [
             "beatsqlalchemy = beatsqlalchemy.schedulers:DatabaseScheduler",
         ],

@@ -1,0 +1,154 @@
+"""Shared fixtures: one suite parametrised over SQLite, PostgreSQL and MySQL/MariaDB.
+
+Server URLs come from ``BEAT_TEST_POSTGRESQL_URL`` / ``BEAT_TEST_MYSQL_URL`` (defaults:
+the local servers). Each test run creates its own databases and drops them at the end.
+A server that cannot be reached skips its tests, except under ``CI=true``, where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from celery import Celery
+from sqlalchemy import Engine, create_engine, delete, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from beatsqlalchemy import db, migrate
+from beatsqlalchemy.models import Base
+
+SERVER_URLS = {
+    "postgresql": os.environ.get("BEAT_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
+    "mysql": os.environ.get("BEAT_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+}
+BACKENDS = ("sqlite", "postgresql", "mysql")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+def unavailable(reason: str) -> None:
+    """Skip a test whose service is missing, or fail it in CI."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing service is a failure)")
+    pytest.skip(reason)
+
+
+class ServerDatabases:
+    """Creates throw-away databases on a server and drops them at the end of the run."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.admin_url = make_url(SERVER_URLS[backend])
+        self.created: list[str] = []
+        self._admin: Engine | None = None
+
+    def admin(self) -> Engine:
+        if self._admin is None:
+            self._admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        return self._admin
+
+    def create(self, label: str) -> str:
+        name = f"bsa_{label}_{RUN_ID}_{len(self.created)}"
+        with self.admin().connect() as connection:
+            connection.execute(text(f"CREATE DATABASE {name}"))
+        self.created.append(name)
+        return self.admin_url.set(database=name).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        if self._admin is None:
+            return
+        db.dispose_all()
+        with self._admin.connect() as connection:
+            for name in self.created:
+                if self.backend == "postgresql":
+                    connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                else:
+                    connection.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        self._admin.dispose()
+
+
+_servers: dict[str, ServerDatabases] = {}
+
+
+def new_database(backend: str, label: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The URL of a new, empty database on ``backend``."""
+    if backend == "sqlite":
+        path: Path = tmp_path_factory.mktemp(label) / "beat.sqlite3"
+        return f"sqlite:///{path}"
+    server = _servers.setdefault(backend, ServerDatabases(backend))
+    try:
+        return server.create(label)
+    except Exception as exc:  # the server is not there
+        unavailable(f"{backend} at {db.redact(str(server.admin_url))} is unavailable: {exc}")
+        raise
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for server in _servers.values():
+        server.drop_all()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def empty_db_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A brand-new database with no tables (for migration tests)."""
+    return new_database(backend, "empty", tmp_path_factory)
+
+
+_migrated: dict[str, str] = {}
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated database (shared per backend, emptied before each test)."""
+    url = _migrated.get(backend)
+    if url is None:
+        url = new_database(backend, "suite", tmp_path_factory)
+        migrate.upgrade(db.get_engine(url))
+        _migrated[backend] = url
+    engine = db.get_engine(url)
+    clear_tables(engine)
+    yield url
+    assert_no_leaks(engine)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Engine:
+    return db.get_engine(db_url)
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    with db.session_factory(engine)() as session:
+        yield session
+
+
+@pytest.fixture
+def app(db_url: str) -> Iterator[Celery]:
+    """A Celery app on the test database, with an in-memory broker."""
+    celery_app = Celery("tests", broker="memory://", backend="cache+memory://", set_as_current=True)
+    celery_app.conf.beat_sqlalchemy_url = db_url
+    celery_app.conf.beat_sqlalchemy_sync_interval = 0.2
+    yield celery_app
+    celery_app.close()
+
+
+def clear_tables(engine: Engine) -> None:
+    """Delete every row of our tables, children first."""
+    with engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            connection.execute(delete(table))
+
+
+def assert_no_leaks(engine: Engine) -> None:
+    """Every pooled connection has been returned."""
+    checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
+    assert checked_out == 0, f"{checked_out} connection(s) were not returned to the pool"
