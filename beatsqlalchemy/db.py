@@ -43,7 +43,22 @@ def _create(url: str, options: dict[str, Any]) -> Engine:
         _configure_sqlite(engine, memory=parsed.database in (None, "", ":memory:"))
         return engine
     options.setdefault("pool_recycle", 3600)
-    return create_engine(url, **options)
+    engine = create_engine(url, **options)
+    if parsed.get_backend_name() in ("mysql", "mariadb"):
+        event.listen(engine, "handle_error", _check_violation_is_integrity_error, retval=True)
+    return engine
+
+
+def _check_violation_is_integrity_error(context: Any) -> Exception | None:
+    """A failed CHECK constraint on MySQL (3819) or MariaDB (4025) is an IntegrityError,
+    as on the other databases; some drivers (PyMySQL) report it as an OperationalError."""
+    from sqlalchemy.exc import IntegrityError
+
+    original = context.original_exception
+    code = original.args[0] if getattr(original, "args", None) else None
+    if code in (3819, 4025) and not isinstance(context.sqlalchemy_exception, IntegrityError):
+        return IntegrityError(context.statement, context.parameters, original)
+    return None
 
 
 def _configure_sqlite(engine: Engine, memory: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from importlib import resources
 
 from alembic import command
@@ -17,7 +18,8 @@ from .exceptions import SchemaNotReady
 #: our own version table, so we never collide with the host application's Alembic history
 VERSION_TABLE = "beatsqlalchemy_version"
 
-_checked: set[int] = set()
+#: engines whose schema was found current (weak: a freed engine's id may be reused)
+_checked: weakref.WeakSet[Engine] = weakref.WeakSet()
 _lock = threading.Lock()
 
 
@@ -57,14 +59,14 @@ def _run(engine: Engine, verb: str, revision: str) -> None:
         config.attributes["connection"] = connection
         getattr(command, verb)(config, revision)
     with _lock:
-        _checked.discard(id(engine))
+        _checked.discard(engine)
 
 
 def ensure_schema(engine: Engine, create: bool | None = None) -> None:
     """Check the schema is current; create or upgrade it when ``create`` is true, or
     when it is None and the database is SQLite. Otherwise raise SchemaNotReady."""
     with _lock:
-        if id(engine) in _checked:
+        if engine in _checked:
             return
     head = head_revision()
     current = current_revision(engine)
@@ -75,4 +77,4 @@ def ensure_schema(engine: Engine, create: bool | None = None) -> None:
             raise SchemaNotReady(redact(engine.url.render_as_string(hide_password=False)), current, head)
         upgrade(engine)
     with _lock:
-        _checked.add(id(engine))
+        _checked.add(engine)

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    false,
     select,
 )
 from sqlalchemy.dialects import mysql
@@ -433,8 +434,8 @@ class PeriodicTask(Base):
     extra_options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     #: "config" for tasks installed from the app's ``beat_schedule``
     source: Mapped[str | None] = mapped_column(String(16))
-    #: set by the triggers when a plain-SQL write changed the task; beat recomputes it
-    needs_recompute: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    #: set by the triggers when a plain-SQL write changed the task's schedule; beat recomputes it
+    needs_recompute: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), index=True)
     #: why beat could not schedule this row (cleared when the row is fixed)
     schedule_error: Mapped[str | None] = mapped_column(Text)
 
@@ -518,8 +519,14 @@ class PeriodicTask(Base):
 
     def validate(self) -> None:
         """Checks that span several fields; the single-field ones run on assignment."""
+        from sqlalchemy import inspect as sa_inspect
+
+        state = sa_inspect(self)
+        # a schedule set to None in this unit of work still has its old id until the
+        # flush syncs foreign keys: the relationship, when changed, is what counts
         rows = [kind for kind in SCHEDULE_KINDS if getattr(self, kind) is not None
-                or getattr(self, f"{kind}_id") is not None]
+                or (getattr(self, f"{kind}_id") is not None
+                    and not state.attrs[kind].history.has_changes())]
         if len(rows) != 1:
             raise ValidationError("schedule", rows or None, "a task needs exactly one of interval, "
                                   "crontab, solar or clocked")
@@ -559,7 +566,8 @@ class PeriodicTask(Base):
             task = session.scalars(select(cls).where(cls.name == name)).one_or_none()
             created = task is None
             if task is None:
-                task = cls(name=name, task=values.pop("task", None) or name)
+                given = values.pop("task", None)  # the task defaults to the name
+                task = cls(name=name, task=name if given is None else given)
             apply_fields(session, task, values)
             session.add(task)
             if commit:
@@ -694,10 +702,16 @@ def interval_fields(delta: timedelta) -> dict[str, Any]:
 
 def resolve_schedule(session: Session, kind: str, value: Any) -> ScheduleMixin:
     """The schedule row for ``value``: an equal existing row, or a new one."""
+    from sqlalchemy import inspect as sa_inspect
+
     model = SCHEDULE_MODELS[kind]
     if isinstance(value, model):
-        return value
-    candidate = model(**schedule_fields(kind, value))  # validates every field
+        state = sa_inspect(value)
+        if state.has_identity or state.pending:  # a stored row, or one already added
+            return value
+        candidate: ScheduleMixin = value  # a new instance: reuse an equal row if any
+    else:
+        candidate = model(**schedule_fields(kind, value))  # validates every field
     key = dict(zip(model.identity, candidate.key(), strict=True))
     with session.no_autoflush:
         found = session.scalars(select(model).filter_by(**key)).first()

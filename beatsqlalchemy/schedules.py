@@ -34,6 +34,7 @@ CRON_FIELDS: dict[str, tuple[int, int]] = {
     "month_of_year": (12, 1),
 }
 CRON_ORDER = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+_TINY = timedelta(microseconds=1)
 _SEARCH_YEARS = 29  # reaches any Feb 29 that also has to fall on a given weekday
 _DAY = timedelta(days=1)
 
@@ -117,24 +118,38 @@ class Cron:
                 day = (day.replace(day=1) + timedelta(days=32)).replace(day=1)
             else:
                 if day.day in self.days_of_month and (day.isoweekday() % 7) in self.days_of_week:
-                    found = self._first_on(day, after, floor)
+                    found = self._first_on(day, after, floor, (0, 1) if shift and self.every_hour else (0,))
                     if found is not None:
                         return found
                 day += _DAY
             floor = (0, 0)
         return None
 
-    def _first_on(self, day: date, after: datetime, floor: tuple[int, int]) -> datetime | None:
+    def _first_on(
+        self, day: date, after: datetime, floor: tuple[int, int], folds: tuple[int, ...]
+    ) -> datetime | None:
+        # An hour repeated by a fall-back change runs again for crontabs that run every
+        # hour (as cron does), and once for those that name their hours.
         for hour in self.hours[bisect.bisect_left(self.hours, floor[0]):]:
             minutes = self.minutes
             if hour == floor[0]:
                 minutes = minutes[bisect.bisect_left(minutes, floor[1]):]
+            found: datetime | None = None
             for minute in minutes:
-                wall = datetime(day.year, day.month, day.day, hour, minute, tzinfo=self.tz)
-                moment = wall.astimezone(UTC)
-                if moment > after:
-                    return moment
+                for fold in folds:
+                    wall = datetime(day.year, day.month, day.day, hour, minute, tzinfo=self.tz, fold=fold)
+                    moment = wall.astimezone(UTC)
+                    if moment > after and (found is None or moment < found):
+                        found = moment
+                if found is not None and len(folds) == 1:
+                    return found
+            if found is not None:
+                return found
         return None
+
+    @property
+    def every_hour(self) -> bool:
+        return len(self.hours) == 24
 
 
 @lru_cache(maxsize=4096)
@@ -203,7 +218,6 @@ class Clocked:
 
 
 Spec = Interval | Cron | Solar | Clocked
-_TINY = timedelta(microseconds=1)
 
 
 def first_run(

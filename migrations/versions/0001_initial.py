@@ -103,7 +103,7 @@ def upgrade() -> None:
         sa.Column("next_run_at", _utc(), nullable=True),
         sa.Column("extra_options", sa.JSON(), nullable=True),
         sa.Column("source", sa.String(16), nullable=True),
-        sa.Column("needs_recompute", sa.Boolean(), nullable=False),
+        sa.Column("needs_recompute", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.Column("schedule_error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_celery_periodic_task"),
         sa.UniqueConstraint("name", name="uq_celery_periodic_task_name"),
@@ -152,9 +152,17 @@ def downgrade() -> None:
 
 
 # A write made through beatsqlalchemy sets next_run_at itself. Any other INSERT that
-# leaves next_run_at empty, any UPDATE of a task that changes neither next_run_at nor
-# needs_recompute, and any UPDATE of a schedule row flag the affected tasks; beat
-# recomputes flagged tasks at its next sync.
+# leaves next_run_at empty, any UPDATE of a task that changes a column its schedule
+# depends on (or touches a row beat found broken) without setting next_run_at, and any
+# UPDATE of a schedule row flag the affected tasks; beat recomputes them at its next sync.
+# Other columns (args, queue, ...) need no flag: beat reads them when it claims a run.
+SCHEDULE_COLUMNS = (*(f"{kind}_id" for kind in KINDS), "enabled", "start_time", "one_off")
+
+
+def _same(operator: str, joiner: str) -> str:
+    """SQL saying that no schedule column changed, with a null-safe ``operator``."""
+    return joiner.join(f"NEW.{c} {operator} OLD.{c}" for c in SCHEDULE_COLUMNS)
+
 
 def _triggers(dialect: str) -> list[str]:
     if dialect == "postgresql":
@@ -164,7 +172,12 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         IF NEW.next_run_at IS NULL THEN NEW.needs_recompute := true; END IF;
     ELSIF NEW.next_run_at IS NOT DISTINCT FROM OLD.next_run_at
-          AND NEW.needs_recompute IS NOT DISTINCT FROM OLD.needs_recompute THEN
+          AND NEW.needs_recompute IS NOT DISTINCT FROM OLD.needs_recompute
+          AND (OLD.schedule_error IS NOT NULL
+               OR ROW(NEW.interval_id, NEW.crontab_id, NEW.solar_id, NEW.clocked_id, NEW.enabled,
+                      NEW.start_time, NEW.one_off)
+                  IS DISTINCT FROM ROW(OLD.interval_id, OLD.crontab_id, OLD.solar_id, OLD.clocked_id,
+                                       OLD.enabled, OLD.start_time, OLD.one_off)) THEN
         NEW.needs_recompute := true;
     END IF;
     RETURN NEW;
@@ -189,7 +202,8 @@ ON celery_{kind}_schedule FOR EACH ROW EXECUTE FUNCTION beatsqlalchemy_schedule_
 FOR EACH ROW SET NEW.needs_recompute = IF(NEW.next_run_at IS NULL, 1, NEW.needs_recompute)""",
             """CREATE TRIGGER celery_periodic_task_updated BEFORE UPDATE ON celery_periodic_task
 FOR EACH ROW SET NEW.needs_recompute = IF(
-    NEW.next_run_at <=> OLD.next_run_at AND NEW.needs_recompute <=> OLD.needs_recompute,
+    NEW.next_run_at <=> OLD.next_run_at AND NEW.needs_recompute <=> OLD.needs_recompute
+    AND (OLD.schedule_error IS NOT NULL OR NOT (""" + _same("<=>", " AND ") + """)),
     1, NEW.needs_recompute)""",
             *[
                 f"""CREATE TRIGGER celery_{kind}_schedule_updated AFTER UPDATE ON celery_{kind}_schedule
@@ -203,6 +217,7 @@ WHEN NEW.next_run_at IS NULL AND NOT NEW.needs_recompute
 BEGIN UPDATE celery_periodic_task SET needs_recompute = 1 WHERE id = NEW.id; END""",
         """CREATE TRIGGER celery_periodic_task_updated AFTER UPDATE ON celery_periodic_task
 WHEN NEW.next_run_at IS OLD.next_run_at AND NEW.needs_recompute IS OLD.needs_recompute
+    AND (OLD.schedule_error IS NOT NULL OR NOT (""" + _same("IS", " AND ") + """))
 BEGIN UPDATE celery_periodic_task SET needs_recompute = 1 WHERE id = NEW.id; END""",
         *[
             f"""CREATE TRIGGER celery_{kind}_schedule_updated AFTER UPDATE ON celery_{kind}_schedule

@@ -1,0 +1,531 @@
+"""Benchmark DatabaseScheduler at N tasks: start-up, idle tick, sync, memory, burst.
+
+Usage::
+
+    python benchmarks/bench_scheduler.py [--sizes 1000,10000,100000]
+        [--backends sqlite,postgresql] [--repeats 3] [--burst 2000] [--json out.json]
+
+The parent process prepares one database per (backend, N) (dropped and recreated for
+each N), migrates it with ``beatsqlalchemy.migrate.upgrade`` and bulk-inserts N tasks
+with core INSERTs. Every measurement runs in a fresh child process, so memory and
+caches are honest; the table shows the median of ``--repeats`` children.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import random
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, delete, func, insert, select, text
+from sqlalchemy.engine import make_url
+
+UTC = timezone.utc
+RESULT_MARK = "BENCH-RESULT "
+DB_NAME = "bsa_bench"
+SERVER_URLS = {
+    "postgresql": os.environ.get(
+        "BEAT_BENCH_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    ),
+    "mysql": os.environ.get("BEAT_BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/mysql"),
+}
+BACKEND_ALIASES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql",
+                   "pg": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+#: the tasks are due between now + OFFSET and now + OFFSET + SPREAD: nothing is due
+#: (or inside beat's 10 s window) while the benchmark runs
+OFFSET = timedelta(hours=1)
+SPREAD = timedelta(days=1)
+CHUNK = 5000
+#: targets from the project's bar, checked on PostgreSQL at the largest N
+TARGETS = {
+    "startup_s": 0.5,
+    "idle_tick_ms": 0.05,
+    "sync_ms": 2.0,
+    "rss_growth_mb": 20.0,
+}
+METRICS = ("startup_s", "idle_tick_ms", "sync_ms", "rss_mb", "rss_base_mb",
+           "burst_s", "burst_runs_per_s")
+INTERVALS = [(1, "minutes"), (2, "minutes"), (5, "minutes"), (10, "minutes"), (15, "minutes"),
+             (30, "minutes"), (1, "hours"), (2, "hours"), (3, "hours"), (6, "hours"),
+             (12, "hours"), (1, "days")]
+
+
+# -- shared by parent and child --------------------------------------------------------
+
+def proc_status_mb(key: str) -> float | None:
+    """A memory line of /proc/self/status (VmHWM, VmRSS) in MB; None off Linux."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    found = re.search(rf"^{key}:\s+(\d+) kB", status, re.MULTILINE)
+    return int(found.group(1)) / 1024 if found else None
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process image.
+
+    ``ru_maxrss`` of a child started by a larger parent reports the parent's peak
+    too (Linux keeps the maximum across ``exec``), so where /proc is available its
+    ``VmHWM`` (the same high-water mark, for this image only) is used instead.
+    """
+    hwm = proc_status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / (1024 * 1024) if sys.platform == "darwin" else maxrss / 1024
+
+
+def tables() -> dict[str, Any]:
+    """The beatsqlalchemy tables, keyed by short name."""
+    from beatsqlalchemy import models
+
+    return {
+        "task": models.PeriodicTask.__table__,
+        "interval": models.IntervalSchedule.__table__,
+        "crontab": models.CrontabSchedule.__table__,
+        "run": models.PeriodicTaskRun.__table__,
+    }
+
+
+def task_row(name: str, next_run_at: datetime, now: datetime, **schedule: int) -> dict[str, Any]:
+    """Every column of a task row, as a core INSERT needs them."""
+    return {
+        "name": name, "task": "bench.noop", "interval_id": None, "crontab_id": None,
+        "solar_id": None, "clocked_id": None, **schedule,
+        "args": [], "kwargs": {}, "headers": {}, "queue": None, "exchange": None,
+        "routing_key": None, "priority": None, "expires": None, "expire_seconds": None,
+        "one_off": False, "start_time": None, "enabled": True, "last_run_at": None,
+        "total_run_count": 0, "date_changed": now, "description": "", "next_run_at": next_run_at,
+        "extra_options": None, "source": None, "needs_recompute": False, "schedule_error": None,
+    }
+
+
+# -- parent: preparing the databases ------------------------------------------------------
+
+def database_url(backend: str, workdir: Path, n: int) -> str:
+    """Drop and recreate the benchmark database; return its URL."""
+    if backend == "sqlite":
+        path = workdir / f"bench-{n}.sqlite3"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        return f"sqlite:///{path}"
+    admin = create_engine(SERVER_URLS[backend], isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            if backend == "postgresql":
+                connection.execute(text(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)"))
+            else:
+                connection.execute(text(f"DROP DATABASE IF EXISTS {DB_NAME}"))
+            connection.execute(text(f"CREATE DATABASE {DB_NAME}"))
+    finally:
+        admin.dispose()
+    return make_url(SERVER_URLS[backend]).set(database=DB_NAME).render_as_string(hide_password=False)
+
+
+def drop_database(backend: str) -> None:
+    if backend == "sqlite":
+        return
+    admin = create_engine(SERVER_URLS[backend], isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            force = " WITH (FORCE)" if backend == "postgresql" else ""
+            connection.execute(text(f"DROP DATABASE IF EXISTS {DB_NAME}{force}"))
+    finally:
+        admin.dispose()
+
+
+def crontab_rows() -> list[dict[str, str]]:
+    """A few hundred distinct, realistic crontabs in four timezones."""
+    rows = []
+    for minute in ("0", "5", "15", "30", "45", "*/5", "*/15"):
+        for hour in ("*", "0", "3", "9", "12", "18", "9-17", "*/2"):
+            for day_of_week in ("*", "1-5"):
+                for tz in ("UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo"):
+                    rows.append({"minute": minute, "hour": hour, "day_of_week": day_of_week,
+                                 "day_of_month": "*", "month_of_year": "*", "timezone": tz})
+    return rows
+
+
+def populate(engine: Engine, n: int, seed: int = 42) -> float:
+    """Insert the schedules and ``n`` tasks with executemany in chunks; returns seconds."""
+    t = tables()
+    rng = random.Random(seed)
+    started = time.perf_counter()
+    now = datetime.now(UTC)
+    first = now + OFFSET
+    with engine.begin() as connection:
+        connection.execute(insert(t["interval"]), [{"every": e, "period": p} for e, p in INTERVALS])
+        connection.execute(insert(t["crontab"]), crontab_rows())
+        interval_ids = list(connection.scalars(select(t["interval"].c.id)))
+        crontab_ids = list(connection.scalars(select(t["crontab"].c.id)))
+    spread = SPREAD.total_seconds()
+    for start in range(0, n, CHUNK):
+        rows = []
+        for i in range(start, min(start + CHUNK, n)):
+            due = first + timedelta(seconds=rng.uniform(0, spread))
+            if rng.random() < 0.75:  # mostly interval tasks, the rest crontabs
+                schedule = {"interval_id": rng.choice(interval_ids)}
+            else:
+                schedule = {"crontab_id": rng.choice(crontab_ids)}
+            rows.append(task_row(f"bench.task.{i:07d}", due, now, **schedule))
+        with engine.begin() as connection:
+            connection.execute(insert(t["task"]), rows)
+    return time.perf_counter() - started
+
+
+def analyze(engine: Engine, backend: str) -> None:
+    """Refresh planner statistics, as autovacuum / InnoDB would on a live database."""
+    if backend == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(text("VACUUM ANALYZE"))
+    elif backend == "mysql":
+        with engine.connect() as connection:
+            connection.execute(text("ANALYZE TABLE celery_periodic_task"))
+    # SQLite: left as most SQLite files are, without sqlite_stat1
+
+
+def prepare(backend: str, n: int, workdir: Path, run_analyze: bool) -> tuple[str, float]:
+    """A fresh, migrated database holding ``n`` tasks; returns (url, insert seconds)."""
+    from beatsqlalchemy import db, migrate
+
+    url = database_url(backend, workdir, n)
+    engine = db.get_engine(url)
+    migrate.upgrade(engine)
+    seconds = populate(engine, n)
+    if run_analyze:
+        analyze(engine, backend)
+    db.dispose_all()
+    return url, seconds
+
+
+def run_child(url: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Measure one case in a fresh interpreter; returns the child's result dict."""
+    config = {"url": url, "n": n, "burst": args.burst, "profile": args.profile,
+              "ticks": args.ticks, "syncs": args.syncs}
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(config)]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=900, check=False)
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK):])  # type: ignore[no-any-return]
+    raise RuntimeError(f"child for {redact_url(url)} N={n} failed (exit {done.returncode})")
+
+
+def redact_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# -- child: the measurements ------------------------------------------------------------
+
+@dataclass
+class Phase:
+    """Wall time of a code block, optionally under cProfile."""
+
+    profile: bool
+    label: str
+    seconds: float = 0.0
+
+    @contextlib.contextmanager
+    def run(self) -> Iterator[None]:
+        profiler = cProfile.Profile() if self.profile else None
+        started = time.perf_counter()
+        if profiler:
+            profiler.enable()
+        try:
+            yield
+        finally:
+            if profiler:
+                profiler.disable()
+            self.seconds = time.perf_counter() - started
+            if profiler:
+                out = io.StringIO()
+                stats = pstats.Stats(profiler, stream=out).strip_dirs().sort_stats("cumulative")
+                stats.print_stats(30)
+                print(f"\n===== profile: {self.label} ({self.seconds * 1000:.2f} ms) =====\n"
+                      f"{out.getvalue()}", file=sys.stderr)
+
+
+def median_per_call(call: Callable[[], object], batches: int, per_batch: int) -> float:
+    """Median over ``batches`` of the mean seconds per call within a batch."""
+    means = []
+    for _ in range(batches):
+        started = time.perf_counter()
+        for _ in range(per_batch):
+            call()
+        means.append((time.perf_counter() - started) / per_batch)
+    return statistics.median(means)
+
+
+def child_main(config: dict[str, Any]) -> dict[str, Any]:
+    """Start a scheduler on the prepared database and measure it."""
+    import logging
+
+    from celery import Celery
+
+    from beatsqlalchemy import db
+    from beatsqlalchemy.schedulers import DatabaseScheduler
+    from beatsqlalchemy.store import Run
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    profile = bool(config["profile"])
+
+    class BenchScheduler(DatabaseScheduler):
+        """Counts what would be published instead of publishing; DB writes stay real."""
+
+        sent: Counter[int]
+
+        def _send(self, run: Run) -> bool:
+            self.sent[run.task_pk] += 1
+            return True
+
+    app = Celery("bench", broker="memory://", set_as_current=False)
+    app.conf.update(
+        beat_sqlalchemy_url=config["url"],
+        result_expires=None,  # no backend_cleanup entry that might fall due at 04:00
+        beat_schedule={"bench.config-task": {"task": "bench.noop", "schedule": 86400.0}},
+    )
+    result: dict[str, Any] = {"n": config["n"]}
+    result["rss_base_mb"] = proc_status_mb("VmRSS")
+
+    # start-up: construct, then the first tick (schema check, config install, first sync)
+    BenchScheduler.sent = Counter()
+    phase = Phase(profile, "start-up")
+    with phase.run():
+        scheduler = BenchScheduler(app=app)
+        scheduler.tick()
+    result["startup_s"] = phase.seconds
+    for _ in range(10):
+        scheduler.tick()
+
+    # idle tick: nothing due, next sync pushed an hour away
+    scheduler._next_sync = time.monotonic() + 3600
+    ticks = int(config["ticks"])
+    with Phase(profile, f"{ticks * 100} idle ticks").run():
+        result["idle_tick_ms"] = median_per_call(scheduler.tick, ticks, 100) * 1000
+    result["window_size"] = len(scheduler._window)
+
+    # sync with nothing changed
+    syncs = int(config["syncs"])
+    phase = Phase(profile, f"{syncs} syncs")
+    with phase.run():
+        result["sync_ms"] = median_per_call(scheduler._sync, syncs, 1) * 1000
+    result["idle_sent"] = sum(BenchScheduler.sent.values())
+    result["rss_mb"] = peak_rss_mb()
+    result["ru_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    k = int(config["burst"])
+    if k:
+        result.update(burst(scheduler, BenchScheduler.sent, k, profile))
+    scheduler.close()
+    db.dispose_all()
+    return result
+
+
+def burst(scheduler: Any, sent: Counter[int], k: int, profile: bool) -> dict[str, Any]:
+    """Insert ``k`` tasks due now, time until all are claimed and handed to publish,
+    check each went out exactly once (in memory and in the run log), then clean up."""
+    t = tables()
+    task, run = t["task"], t["run"]
+    engine = scheduler.engine
+    now = datetime.now(UTC)
+    with engine.begin() as connection:
+        hourly = connection.scalar(select(t["interval"].c.id).where(
+            t["interval"].c.every == 1, t["interval"].c.period == "hours"))
+        rows = [task_row(f"bench.burst.{i:05d}", now - timedelta(seconds=1), now, interval_id=hourly)
+                for i in range(k)]
+        connection.execute(insert(task), rows)
+        ids = set(connection.scalars(select(task.c.id).where(task.c.name.like("bench.burst.%"))))
+    sent.clear()
+    phase = Phase(profile, f"burst of {k}")
+    deadline = time.monotonic() + 300
+    with phase.run():
+        scheduler._next_sync = 0.0  # the sync that notices them is part of the burst
+        while sum(sent[i] for i in ids) < k and time.monotonic() < deadline:
+            scheduler.tick()
+    # a few more syncs and ticks: nothing may go out a second time
+    for _ in range(3):
+        scheduler._sync()
+        scheduler.tick()
+    with engine.begin() as connection:
+        logged = dict(connection.execute(
+            select(run.c.periodic_task_id, func.count())
+            .where(run.c.periodic_task_id.in_(ids), run.c.state == "sent")
+            .group_by(run.c.periodic_task_id)
+        ).all())
+        connection.execute(delete(run).where(run.c.periodic_task_id.in_(ids)))
+        connection.execute(delete(task).where(task.c.id.in_(ids)))
+    once = (
+        set(sent) == ids and all(sent[i] == 1 for i in ids)
+        and set(logged) == ids and all(count == 1 for count in logged.values())
+    )
+    return {"burst_s": phase.seconds, "burst_runs_per_s": k / phase.seconds if phase.seconds else None,
+            "burst_sent": sum(sent[i] for i in ids), "burst_exactly_once": once}
+
+
+# -- parent: running and reporting ---------------------------------------------------------
+
+def parse_sizes(value: str) -> list[int]:
+    sizes = []
+    for part in value.split(","):
+        part = part.strip().lower()
+        if part:
+            scale = 1000 if part.endswith("k") else 1
+            sizes.append(int(float(part.rstrip("k")) * scale))
+    return sizes
+
+
+def parse_backends(value: str) -> list[str]:
+    try:
+        return [BACKEND_ALIASES[b.strip().lower()] for b in value.split(",") if b.strip()]
+    except KeyError as exc:
+        raise argparse.ArgumentTypeError(f"unknown backend {exc}; use sqlite, postgresql, mysql") from exc
+
+
+def summarize(backend: str, n: int, runs: list[dict[str, Any]], insert_s: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"backend": backend, "n": n, "insert_s": insert_s, "repeats": runs}
+    for metric in METRICS:
+        values = [r[metric] for r in runs if r.get(metric) is not None]
+        row[metric] = statistics.median(values) if values else None
+    syncs = [r["sync_ms"] for r in runs]
+    row["sync_ms_range"] = [min(syncs), max(syncs)]
+    row["window_size"] = max(r["window_size"] for r in runs)
+    row["idle_sent"] = sum(r["idle_sent"] for r in runs)
+    if any("burst_exactly_once" in r for r in runs):
+        row["burst_exactly_once"] = all(r.get("burst_exactly_once") for r in runs)
+    return row
+
+
+def fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(rows: list[dict[str, Any]], k: int) -> str:
+    head = ("| backend | N | startup_s | idle_tick_ms | sync_ms | sync range | rss_mb | "
+            f"burst_s (K={k}) | runs/s | once |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+    for r in rows:
+        once = r.get("burst_exactly_once")
+        lines.append(
+            f"| {r['backend']} | {r['n']:,} | {fmt(r['startup_s'], '.3f')} | "
+            f"{fmt(r['idle_tick_ms'], '.4f')} | {fmt(r['sync_ms'], '.2f')} | "
+            f"{r['sync_ms_range'][0]:.2f}-{r['sync_ms_range'][1]:.2f} | {fmt(r['rss_mb'], '.1f')} | "
+            f"{fmt(r.get('burst_s'), '.2f')} | {fmt(r.get('burst_runs_per_s'), ',.0f')} | "
+            f"{'-' if once is None else ('yes' if once else 'NO')} |"
+        )
+    return "\n".join(lines)
+
+
+def check_targets(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per target, for each backend at its largest N."""
+    lines = []
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        mine = sorted((r for r in rows if r["backend"] == backend), key=lambda r: r["n"])
+        big, small = mine[-1], mine[0]
+        growth = big["rss_mb"] - small["rss_mb"]
+        checks = [
+            (f"start-up < {TARGETS['startup_s']} s", big["startup_s"], TARGETS["startup_s"], "s"),
+            (f"idle tick < {TARGETS['idle_tick_ms']} ms", big["idle_tick_ms"], TARGETS["idle_tick_ms"], "ms"),
+            (f"sync (nothing changed) < {TARGETS['sync_ms']} ms", big["sync_ms"], TARGETS["sync_ms"], "ms"),
+            (f"memory within {TARGETS['rss_growth_mb']:g} MB of N={small['n']:,}", growth,
+             TARGETS["rss_growth_mb"], "MB"),
+        ]
+        label = "" if backend == "postgresql" and big["n"] == 100_000 else " (targets are for postgresql)"
+        lines.append(f"Targets at N={big['n']:,} on {backend}{label}:")
+        for name, value, limit, unit in checks:
+            verdict = "PASS" if value < limit else "MISS"
+            lines.append(f"- {name}: {value:.4g} {unit} -> {verdict}")
+    return lines
+
+
+def parent_main(args: argparse.Namespace) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="bsa_bench_"))
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    try:
+        for backend in args.backends:
+            for n in args.sizes:
+                url, insert_s = prepare(backend, n, workdir, not args.no_analyze)
+                print(f"[{backend} N={n:,}] {n:,} tasks inserted in {insert_s:.1f}s", file=sys.stderr)
+                runs = []
+                for repeat in range(args.repeats):
+                    runs.append(run_child(url, n, args))
+                    r = runs[-1]
+                    print(f"[{backend} N={n:,}] run {repeat + 1}: startup {r['startup_s']:.3f}s, "
+                          f"idle tick {r['idle_tick_ms']:.4f}ms, sync {r['sync_ms']:.2f}ms, "
+                          f"rss {r['rss_mb']:.1f}MB, burst {fmt(r.get('burst_s'), '.2f')}s",
+                          file=sys.stderr)
+                rows.append(summarize(backend, n, runs, insert_s))
+            if not args.keep_db:
+                drop_database(backend)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    elapsed = time.perf_counter() - started
+
+    print(f"\nDatabaseScheduler, median of {args.repeats} fresh process(es) per row "
+          f"({platform.python_implementation()} {platform.python_version()}, {platform.machine()}, "
+          f"{os.cpu_count()} CPUs; total {elapsed:.0f}s)\n")
+    print(table(rows, args.burst))
+    print()
+    for line in check_targets(rows):
+        print(line)
+    problems = [r for r in rows if r["idle_sent"] or r.get("burst_exactly_once") is False]
+    for r in problems:
+        print(f"WARNING: {r['backend']} N={r['n']}: idle sends {r['idle_sent']}, "
+              f"burst exactly once: {r.get('burst_exactly_once')}")
+    if args.json:
+        report = {"python": platform.python_version(), "machine": platform.machine(),
+                  "cpus": os.cpu_count(), "repeats": args.repeats, "burst": args.burst,
+                  "targets": TARGETS, "elapsed_s": elapsed, "results": rows}
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+        print(f"\nJSON written to {args.json}")
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=parse_sizes, default=[1000, 10_000, 100_000],
+                        help="comma-separated task counts (1k, 10k suffixes allowed)")
+    parser.add_argument("--backends", type=parse_backends, default=["sqlite", "postgresql"],
+                        help="comma-separated: sqlite, postgresql, mysql (MariaDB)")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per case")
+    parser.add_argument("--burst", type=int, default=2000, metavar="K",
+                        help="tasks due at once in the burst test (0 skips it)")
+    parser.add_argument("--ticks", type=int, default=200, help="batches of 100 idle ticks")
+    parser.add_argument("--syncs", type=int, default=200, help="syncs timed per process")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--profile", action="store_true",
+                        help="run each phase under cProfile and print the top calls to stderr")
+    parser.add_argument("--no-analyze", action="store_true",
+                        help="skip VACUUM ANALYZE / ANALYZE TABLE after the bulk insert")
+    parser.add_argument("--keep-db", action="store_true", help="keep the server databases at the end")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        result = child_main(json.loads(args.child))
+        print(RESULT_MARK + json.dumps(result), flush=True)
+        return 0
+    return parent_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
