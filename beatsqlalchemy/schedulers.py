@@ -122,11 +122,14 @@ class DatabaseScheduler(Scheduler):
                 return
             if not self._prepared:
                 self._install_config()
-            done, errors = self.store.recompute(now, self.config.batch_size)
-            self._report(errors)
             until = now + timedelta(seconds=self.config.window)
             limit = self.config.batch_size * 10
-            rows = self.store.window(until, limit)
+            rows, flagged = self.store.window(until, limit)
+            done = 0
+            if flagged:  # rows changed with plain SQL: recompute them, then read again
+                done, errors = self.store.recompute(now, self.config.batch_size)
+                self._report(errors)
+                rows, _ = self.store.window(until, limit)
         except SQLAlchemyError as exc:
             self._db_failed(exc, "syncing the schedule")
             return

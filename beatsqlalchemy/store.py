@@ -10,7 +10,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeAlias
 
-from sqlalchemy import Connection, Engine, Table, Text, cast, insert, select, true, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Integer,
+    Table,
+    Text,
+    bindparam,
+    cast,
+    insert,
+    literal,
+    null,
+    select,
+    true,
+    union_all,
+    update,
+)
 
 from . import schedules as sched
 from .exceptions import ValidationError
@@ -45,6 +60,24 @@ _SEND_COLUMNS = (
     cast(_C.args, Text).label("args"), cast(_C.kwargs, Text).label("kwargs"),
     cast(_C.headers, Text).label("headers"), cast(_C.extra_options, Text).label("extra_options"),
 )
+
+def _window_statement() -> Any:
+    due = (
+        select(_C.id, _C.next_run_at)
+        .where(_C.enabled == true(), _C.next_run_at <= bindparam("until", type_=_C.next_run_at.type))
+        .order_by(_C.next_run_at)
+        .limit(bindparam("limit", type_=Integer))
+        .subquery()
+    )
+    probe = select(_C.id).where(_C.needs_recompute == true()).limit(1).subquery()
+    return union_all(
+        select(due.c.id, due.c.next_run_at, literal(0).label("flagged")),
+        select(probe.c.id, null(), literal(1)),
+    )
+
+
+#: the near window plus a probe for flagged rows, built once
+_WINDOW = _window_statement()
 TASK_ID_NAMESPACE = uuid.UUID("6f2b8f52-3c4e-5b7a-9d1e-2a7c0e5b4f10")
 
 
@@ -90,16 +123,15 @@ class Store:
 
     # -- reading --------------------------------------------------------------
 
-    def window(self, until: datetime, limit: int) -> Sequence[TaskRow]:
-        """``(id, next_run_at)`` of enabled tasks due by ``until``, earliest first."""
-        query = (
-            select(_C.id, _C.next_run_at)
-            .where(_C.enabled == true(), _C.next_run_at <= until)
-            .order_by(_C.next_run_at)
-            .limit(limit)
-        )
+    def window(self, until: datetime, limit: int) -> tuple[Sequence[TaskRow], bool]:
+        """``(id, next_run_at)`` of enabled tasks due by ``until`` (at most ``limit``), and
+        whether any task is flagged for recompute: one statement, outside a transaction."""
         with self.engine.connect() as connection:
-            return connection.execute(query).all()
+            rows = connection.execution_options(isolation_level="AUTOCOMMIT").execute(
+                _WINDOW, {"until": until, "limit": limit}
+            ).all()
+        due = sorted((r for r in rows if not r.flagged), key=lambda r: r.next_run_at)
+        return due, len(due) < len(rows)
 
     # -- recompute ------------------------------------------------------------
 

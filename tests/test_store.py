@@ -56,7 +56,7 @@ def execute(engine: Engine, statement: str, **params: Any) -> None:
 
 def claim_due(store: Store, now: datetime) -> ClaimResult:
     """What a beat does: read the due window, claim it."""
-    return store.claim([(r.id, r.next_run_at) for r in store.window(now, 1000)], now)
+    return store.claim([(r.id, r.next_run_at) for r in store.window(now, 1000)[0]], now)
 
 
 # -- window ------------------------------------------------------------------------
@@ -70,12 +70,15 @@ def test_window_returns_enabled_due_tasks_in_order(engine: Engine, session: Sess
     make(session, "far", due=now + timedelta(days=3))
     store = Store(engine, "beat-a")
 
-    assert [r.id for r in store.window(now, 100)] == [early, late]
-    assert [r.id for r in store.window(now + timedelta(seconds=200), 100)] == [early, late, later]
-    assert [r.id for r in store.window(now + timedelta(seconds=200), 2)] == [early, late]
-    first = store.window(now, 1)[0]
+    assert [r.id for r in store.window(now, 100)[0]] == [early, late]
+    assert [r.id for r in store.window(now + timedelta(seconds=200), 100)[0]] == [early, late, later]
+    assert [r.id for r in store.window(now + timedelta(seconds=200), 2)[0]] == [early, late]
+    first = store.window(now, 1)[0][0]
     assert first.next_run_at == now - timedelta(seconds=5)
-    assert store.window(now - timedelta(seconds=60), 100) == []
+    assert store.window(now - timedelta(seconds=60), 100) == ([], False)
+    # the same statement says whether a plain-SQL write flagged any task for recompute
+    execute(engine, "UPDATE celery_periodic_task SET enabled = :f WHERE name = 'far'", f=False)
+    assert store.window(now - timedelta(seconds=60), 100) == ([], True)
 
 
 # -- claim ------------------------------------------------------------------------
@@ -144,7 +147,7 @@ def test_two_beats_never_claim_the_same_run(engine: Engine, session: Session) ->
         try:
             for _ in range(3):
                 # both beats hold the same due window, as after a sync, then race to claim it
-                due = [(r.id, r.next_run_at) for r in store.window(now, 1000)]
+                due = [(r.id, r.next_run_at) for r in store.window(now, 1000)[0]]
                 barrier.wait(timeout=10)
                 shuffle.shuffle(due)
                 for start in range(0, len(due), 3):  # small batches interleave the two beats
@@ -320,11 +323,12 @@ def test_recompute_schedules_plain_sql_rows(engine: Engine, session: Session) ->
             name=name, iid=interval_id, f=False, enabled=enabled,
         )
     assert row(engine, "on").needs_recompute is True and row(engine, "on").next_run_at is None
+    assert row(engine, "off").needs_recompute is False  # disabled: nothing to compute yet
     store = Store(engine, "beat-a")
 
     before = utcnow()
     done, errors = store.recompute(before, 100)
-    assert (done, errors) == (2, [])
+    assert (done, errors) == (1, [])
     on, off = row(engine, "on"), row(engine, "off")
     assert on.next_run_at == before + timedelta(seconds=10)
     assert off.next_run_at is None

@@ -151,8 +151,8 @@ def downgrade() -> None:
         op.drop_table(f"celery_{kind}_schedule")
 
 
-# A write made through beatsqlalchemy sets next_run_at itself. Any other INSERT that
-# leaves next_run_at empty, any UPDATE of a task that changes a column its schedule
+# A write made through beatsqlalchemy sets next_run_at itself. Any other INSERT of an
+# enabled task that leaves next_run_at empty, any UPDATE of a task that changes a column its schedule
 # depends on (or touches a row beat found broken) without setting next_run_at, and any
 # UPDATE of a schedule row flag the affected tasks; beat recomputes them at its next sync.
 # Other columns (args, queue, ...) need no flag: beat reads them when it claims a run.
@@ -170,7 +170,7 @@ def _triggers(dialect: str) -> list[str]:
             """CREATE FUNCTION beatsqlalchemy_task_changed() RETURNS trigger AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        IF NEW.next_run_at IS NULL THEN NEW.needs_recompute := true; END IF;
+        IF NEW.next_run_at IS NULL AND NEW.enabled THEN NEW.needs_recompute := true; END IF;
     ELSIF NEW.next_run_at IS NOT DISTINCT FROM OLD.next_run_at
           AND NEW.needs_recompute IS NOT DISTINCT FROM OLD.needs_recompute
           AND (OLD.schedule_error IS NOT NULL
@@ -199,7 +199,7 @@ ON celery_{kind}_schedule FOR EACH ROW EXECUTE FUNCTION beatsqlalchemy_schedule_
     if dialect in ("mysql", "mariadb"):
         return [
             """CREATE TRIGGER celery_periodic_task_inserted BEFORE INSERT ON celery_periodic_task
-FOR EACH ROW SET NEW.needs_recompute = IF(NEW.next_run_at IS NULL, 1, NEW.needs_recompute)""",
+FOR EACH ROW SET NEW.needs_recompute = IF(NEW.next_run_at IS NULL AND NEW.enabled, 1, NEW.needs_recompute)""",
             """CREATE TRIGGER celery_periodic_task_updated BEFORE UPDATE ON celery_periodic_task
 FOR EACH ROW SET NEW.needs_recompute = IF(
     NEW.next_run_at <=> OLD.next_run_at AND NEW.needs_recompute <=> OLD.needs_recompute
@@ -213,7 +213,7 @@ FOR EACH ROW UPDATE celery_periodic_task SET needs_recompute = 1 WHERE {kind}_id
         ]
     return [  # SQLite: AFTER triggers, as NEW cannot be assigned
         """CREATE TRIGGER celery_periodic_task_inserted AFTER INSERT ON celery_periodic_task
-WHEN NEW.next_run_at IS NULL AND NOT NEW.needs_recompute
+WHEN NEW.next_run_at IS NULL AND NEW.enabled AND NOT NEW.needs_recompute
 BEGIN UPDATE celery_periodic_task SET needs_recompute = 1 WHERE id = NEW.id; END""",
         """CREATE TRIGGER celery_periodic_task_updated AFTER UPDATE ON celery_periodic_task
 WHEN NEW.next_run_at IS OLD.next_run_at AND NEW.needs_recompute IS OLD.needs_recompute
