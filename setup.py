@@ -32,6 +32,7 @@ setup(
             "pytest-mock>=3.12",
             "pytest-timeout>=2.2",
             "docutils>=0.20",
+            "ephem>=4.1",
             "redis>=4.5",
             "psycopg[binary]>=3.1",
             "PyMySQL>=1.1",

@@ -190,9 +190,10 @@ def next_solar(event: str, latitude: float, longitude: float, after: datetime) -
     """The next time of a solar event after ``after`` (needs the ``ephem`` package)."""
     from celery.schedules import solar
 
-    schedule = solar(event, latitude, longitude)
-    delta: timedelta = schedule.remaining_estimate(as_utc(after))
-    return as_utc(after) + max(delta, timedelta(0))
+    after = as_utc(after)
+    schedule = solar(event, latitude, longitude, nowfun=lambda: after)
+    delta: timedelta = schedule.remaining_estimate(after)  # measured from ``after``
+    return after + max(delta, timedelta(0))
 
 @dataclass(frozen=True, slots=True)
 class Interval:
