@@ -12,7 +12,7 @@ from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
 
 from .config import BeatConfig
-from .db import get_engine, session_factory
+from .db import get_engine, prepare_write, session_factory
 from .exceptions import ValidationError
 from .migrate import ensure_schema
 from .models import PeriodicTask
@@ -86,6 +86,7 @@ def save_task(
 
 def remove_task(session: Session, name: str) -> bool:
     """Delete the task ``name``; False when there was none."""
+    prepare_write(session)
     deleted = session.execute(delete(PeriodicTask).where(PeriodicTask.name == name))
     session.commit()
     return bool(deleted.rowcount)  # type: ignore[attr-defined]
@@ -112,6 +113,7 @@ def install_config_schedule(
         except (ValidationError, KeyError) as exc:
             session.rollback()
             logger.error("beat: beat_schedule entry %r is invalid and was skipped: %s", name, exc)
+    prepare_write(session)
     stale = session.scalars(select(PeriodicTask.id).where(
         PeriodicTask.source == CONFIG_SOURCE, PeriodicTask.name.not_in(list(entries) or [""])
     )).all()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -61,9 +63,30 @@ def _check_violation_is_integrity_error(context: Any) -> Exception | None:
     return None
 
 
+#: execution option: how a transaction starts on SQLite
+SQLITE_BEGIN = "sqlite_begin"
+#: execution options of a transaction that reads, then writes
+WRITE_OPTIONS = {SQLITE_BEGIN: "IMMEDIATE"}
+
+
+@contextmanager
+def begin_write(engine: Engine) -> Iterator[Connection]:
+    """A transaction that reads, then writes: on SQLite it takes the write lock at once
+    (``BEGIN IMMEDIATE``), so it never fails on a stale snapshot; elsewhere a plain one."""
+    with engine.connect() as connection:
+        connection.execution_options(**WRITE_OPTIONS)
+        with connection.begin():
+            yield connection
+
+
+def prepare_write(session: Session) -> None:
+    """Make a session's next transaction a read-then-write one (see ``begin_write``)."""
+    session.connection(execution_options=WRITE_OPTIONS)
+
+
 def _configure_sqlite(engine: Engine, memory: bool) -> None:
-    """WAL, enforced foreign keys and ``BEGIN IMMEDIATE`` so that a transaction that
-    reads and then writes never fails on a stale snapshot."""
+    """WAL and enforced foreign keys; transactions begin in Python so that readers stay
+    out of writers' way and writers can ask for ``BEGIN IMMEDIATE``."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -77,8 +100,10 @@ def _configure_sqlite(engine: Engine, memory: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        options = connection.get_execution_options()
+        if options.get("isolation_level") != "AUTOCOMMIT":
+            immediate = options.get(SQLITE_BEGIN) == "IMMEDIATE"
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from .db import redact
+from .db import begin_write, redact
 from .exceptions import SchemaNotReady
 
 #: our own version table, so we never collide with the host application's Alembic history
@@ -55,7 +55,7 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 def _run(engine: Engine, verb: str, revision: str) -> None:
     config = alembic_config()
-    with engine.begin() as connection:
+    with begin_write(engine) as connection:
         config.attributes["connection"] = connection
         getattr(command, verb)(config, revision)
     with _lock:

@@ -43,6 +43,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.types import TypeDecorator
 
 from . import schedules as sched
+from .db import prepare_write
 from .exceptions import ValidationError
 
 NAMING_CONVENTION = {
@@ -563,6 +564,7 @@ class PeriodicTask(Base):
         name = as_name("name", name if name is not None else values.pop("name", None))
         values.pop("name", None)
         try:
+            prepare_write(session)
             task = session.scalars(select(cls).where(cls.name == name)).one_or_none()
             created = task is None
             if task is None:

@@ -16,6 +16,7 @@ from . import api
 from . import schedules as sched
 from .config import BeatConfig
 from .db import get_engine, redact, session_factory
+from .exceptions import SchemaNotReady
 from .migrate import ensure_schema
 from .models import PeriodicTask
 from .store import ClaimResult, Run, Store
@@ -53,7 +54,8 @@ class DatabaseScheduler(Scheduler):
         self._outage_since: float | None = None
         self._retry_delay = 0.0
         self._bad_rows: dict[str, str] = {}
-        kwargs.pop("schedule_filename", None)
+        #: created by ``celery beat`` (its service always passes a schedule file name)
+        self._in_beat = kwargs.pop("schedule_filename", None) is not None
         super().__init__(app, *args, **kwargs)
 
     # -- Celery's hooks ---------------------------------------------------------
@@ -68,6 +70,11 @@ class DatabaseScheduler(Scheduler):
         except SQLAlchemyError as exc:
             self._db_failed(exc, "checking the schema")
             return False
+        except SchemaNotReady as exc:
+            if not self._in_beat:
+                raise
+            logger.critical("beat: %s", exc)  # one clear line, then a clean exit
+            raise SystemExit(1) from exc
         self._schema_checked = True
         return True
 

@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 
 from . import schedules as sched
+from .db import begin_write
 from .exceptions import ValidationError
 from .models import (
     SCHEDULE_KINDS,
@@ -139,7 +140,7 @@ class Store:
         """Give tasks flagged by a plain-SQL write a fresh ``next_run_at``; returns how
         many were done and the (name, reason) of rows that cannot be scheduled."""
         errors: list[tuple[str, str]] = []
-        with self.engine.begin() as connection:
+        with begin_write(self.engine) as connection:
             query = select(*_SEND_COLUMNS).where(_C.needs_recompute == true()).limit(limit)
             if self._lock_rows:
                 query = query.with_for_update(skip_locked=True)
@@ -171,7 +172,7 @@ class Store:
         result = ClaimResult()
         seen = dict(due)
         token = uuid.uuid4().hex
-        with self.engine.begin() as connection:
+        with begin_write(self.engine) as connection:
             query = select(*_SEND_COLUMNS).where(_C.id.in_(list(seen)), _C.enabled == true())
             if self._lock_rows:
                 query = query.with_for_update(skip_locked=True)
@@ -229,7 +230,7 @@ class Store:
         """Record that the broker accepted these runs."""
         if not run_ids:
             return
-        with self.engine.begin() as connection:
+        with begin_write(self.engine) as connection:
             connection.execute(
                 update(RUNS).where(RUNS.c.id.in_(list(run_ids))).values(state="sent", sent_at=now)
             )
