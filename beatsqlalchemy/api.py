@@ -15,7 +15,7 @@ from .config import BeatConfig
 from .db import get_engine, prepare_write, session_factory
 from .exceptions import ValidationError
 from .migrate import ensure_schema
-from .models import PeriodicTask
+from .models import PeriodicTask, PeriodicTaskRun
 
 logger = logging.getLogger(__name__)
 
@@ -138,3 +138,21 @@ def default_entries(app: Celery) -> dict[str, dict[str, Any]]:
             "options": {"expires": 12 * 3600},
         }}
     return {}
+
+
+def runs(
+    session: Session, name: str | None = None, since: datetime | None = None,
+    until: datetime | None = None, state: str | None = None, limit: int = 100,
+) -> list[PeriodicTaskRun]:
+    """The run log, newest slot first: which runs of ``name`` were due between ``since``
+    and ``until``, their Celery task ids, whether they were sent, and by which beat."""
+    query = select(PeriodicTaskRun).order_by(PeriodicTaskRun.slot.desc()).limit(limit)
+    if name is not None:
+        query = query.where(PeriodicTaskRun.periodic_task_name == name)
+    if since is not None:
+        query = query.where(PeriodicTaskRun.slot >= since)
+    if until is not None:
+        query = query.where(PeriodicTaskRun.slot <= until)
+    if state is not None:
+        query = query.where(PeriodicTaskRun.state == state)
+    return list(session.scalars(query))

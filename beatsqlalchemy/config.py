@@ -39,6 +39,8 @@ class BeatConfig:
     window: float = 10.0
     batch_size: int = 1000
     identity: str = field(default_factory=default_identity)
+    claim_timeout: float = 30.0
+    run_log_days: float = 7.0
     create_schema: bool | None = None
     remove_missing_config_tasks: bool = False
 
@@ -57,6 +59,8 @@ class BeatConfig:
             window=_positive(conf, "beat_sqlalchemy_window", max(10.0, 2 * sync)),
             batch_size=int(_positive(conf, "beat_sqlalchemy_batch_size", 1000)),
             identity=str(conf.get("beat_sqlalchemy_identity") or default_identity()),
+            claim_timeout=_positive(conf, "beat_sqlalchemy_claim_timeout", 30.0),
+            run_log_days=_positive(conf, "beat_sqlalchemy_run_log_days", 7.0),
             create_schema=conf.get("beat_sqlalchemy_create_schema"),
             remove_missing_config_tasks=bool(
                 conf.get("beat_sqlalchemy_remove_missing_config_tasks", False)

@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 _lock = threading.Lock()
-_engines: dict[tuple[int, str, str], Engine] = {}
+_engines: dict[tuple[int, str, str, float | None], Engine] = {}
 
 
 def redact(url: str) -> str:
@@ -24,15 +24,42 @@ def redact(url: str) -> str:
         return "<unparsable database URL>"
 
 
-def get_engine(url: str, options: dict[str, Any] | None = None) -> Engine:
-    """The process-wide engine for ``url``, created on first use."""
+def get_engine(
+    url: str, options: dict[str, Any] | None = None, idle_transaction_timeout: float | None = None,
+) -> Engine:
+    """The process-wide engine for ``url``, created on first use. With
+    ``idle_transaction_timeout`` (beat's own engine), the server ends a transaction left
+    idle that long, so a stalled process never holds row locks for longer."""
     options = dict(options or {})
-    key = (os.getpid(), url, repr(sorted(options.items())))
+    key = (os.getpid(), url, repr(sorted(options.items())), idle_transaction_timeout)
     with _lock:
         engine = _engines.get(key)
         if engine is None:
             engine = _engines[key] = _create(url, options)
+            if idle_transaction_timeout:
+                _limit_idle_transactions(engine, idle_transaction_timeout)
         return engine
+
+
+def _limit_idle_transactions(engine: Engine, seconds: float) -> None:
+    statement = {
+        "postgresql": f"SET idle_in_transaction_session_timeout = {max(int(seconds * 1000), 1)}",
+        "mysql": f"SET SESSION idle_transaction_timeout = {max(int(seconds), 1)}",  # MariaDB
+        "mariadb": f"SET SESSION idle_transaction_timeout = {max(int(seconds), 1)}",
+    }.get(engine.dialect.name)
+    if statement is None:
+        return
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(statement)
+        except Exception:  # MySQL has no such setting: rely on short transactions there
+            pass
+        finally:
+            cursor.close()
+        dbapi_connection.commit()
 
 
 def _create(url: str, options: dict[str, Any]) -> Engine:

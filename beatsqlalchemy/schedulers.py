@@ -19,7 +19,7 @@ from .db import get_engine, redact, session_factory
 from .exceptions import SchemaNotReady
 from .migrate import ensure_schema
 from .models import PeriodicTask
-from .store import ClaimResult, Run, Store
+from .store import Run, Store
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,10 @@ class DatabaseScheduler(Scheduler):
 
     def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
         self.config = BeatConfig.from_app(app)
-        self.engine = get_engine(self.config.url, self.config.engine_options)
+        self.engine = get_engine(
+            self.config.url, self.config.engine_options,
+            idle_transaction_timeout=max(self.config.claim_timeout / 2, 1.0),
+        )
         self.store = Store(self.engine, self.config.identity)
         #: (due timestamp, task id, next_run_at as read): the near window only
         self._window: list[tuple[float, int, datetime]] = []
@@ -54,6 +57,7 @@ class DatabaseScheduler(Scheduler):
         self._outage_since: float | None = None
         self._retry_delay = 0.0
         self._bad_rows: dict[str, str] = {}
+        self._next_prune = 0.0
         #: created by ``celery beat`` (its service always passes a schedule file name)
         self._in_beat = kwargs.pop("schedule_filename", None) is not None
         super().__init__(app, *args, **kwargs)
@@ -62,6 +66,8 @@ class DatabaseScheduler(Scheduler):
 
     def setup_schedule(self) -> None:
         """Check the schema (create it on SQLite); a database that is down is retried."""
+        if self._in_beat:
+            logger.info("beat: identity %s, database %s", self.config.identity, redact(self.config.url))
         self._check_schema()
 
     def _check_schema(self) -> bool:
@@ -90,7 +96,7 @@ class DatabaseScheduler(Scheduler):
             f"    . database -> {redact(self.config.url)}\n"
             f"    . identity -> {self.config.identity}\n"
             f"    . sync every -> {self.config.sync_interval:g}s "
-            f"(window {self.config.window:g}s)"
+            f"(window {self.config.window:g}s, claim timeout {self.config.claim_timeout:g}s)"
         )
 
     # -- the redisbeat-style API ---------------------------------------------------
@@ -130,17 +136,23 @@ class DatabaseScheduler(Scheduler):
             if not self._prepared:
                 self._install_config()
             until = now + timedelta(seconds=self.config.window)
+            stale_before = now - timedelta(seconds=self.config.claim_timeout)
             limit = self.config.batch_size * 10
-            rows, flagged = self.store.window(until, limit)
+            window = self.store.window(until, limit, stale_before)
             done = 0
-            if flagged:  # rows changed with plain SQL: recompute them, then read again
+            if window.flagged:  # rows changed with plain SQL: recompute them, then read again
                 done, errors = self.store.recompute(now, self.config.batch_size)
                 self._report(errors)
-                rows, _ = self.store.window(until, limit)
+                window = self.store.window(until, limit, stale_before)
+            if window.stale:
+                self._take_over(now, stale_before)
+            if time.monotonic() >= self._next_prune:
+                self._prune(now)
         except SQLAlchemyError as exc:
             self._db_failed(exc, "syncing the schedule")
             return
         self._db_ok()
+        rows = window.due
         heap = [(row.next_run_at.timestamp(), row.id, row.next_run_at) for row in rows]
         heapq.heapify(heap)
         self._window[:] = heap
@@ -150,6 +162,30 @@ class DatabaseScheduler(Scheduler):
         soon = full or done >= self.config.batch_size
         self._next_sync = time.monotonic() + (0 if soon else self.config.sync_interval)
 
+    def _take_over(self, now: datetime, stale_before: datetime) -> None:
+        """Publish again, with the same task ids, the runs another beat claimed but never
+        confirmed as sent within the claim timeout."""
+        started = time.monotonic()
+        token, taken = self.store.take_over(now, stale_before, self.config.batch_size)
+        for takeover in taken:
+            run = takeover.run
+            logger.warning(
+                "beat: publishing again the run of %r (%s) for %s: claimed by %s at %s, not "
+                "confirmed as sent after %.1fs", run.name, run.task, run.slot.isoformat(),
+                takeover.previous_claimer, takeover.claimed_at.isoformat(),
+                (now - takeover.claimed_at).total_seconds(),
+            )
+        self._publish([t.run for t in taken], token, started)
+
+    def _prune(self, now: datetime) -> None:
+        """Delete run-log rows older than ``beat_sqlalchemy_run_log_days`` (hourly)."""
+        before = now - timedelta(days=self.config.run_log_days)
+        pruned = self.store.prune(before, self.config.batch_size)
+        if pruned:
+            logger.info("beat: pruned %d run-log row(s) claimed before %s", pruned, before.isoformat())
+        full = pruned >= self.config.batch_size  # more to delete: continue at the next sync
+        self._next_prune = time.monotonic() + (0 if full else 3600)
+
     def _install_config(self) -> None:
         entries = {**api.default_entries(self.app), **(self.app.conf.beat_schedule or {})}
         with session_factory(self.engine)() as session:
@@ -157,7 +193,6 @@ class DatabaseScheduler(Scheduler):
                 session, entries, self.config.remove_missing_config_tasks
             )
         logger.info("beat: %d task(s) from beat_schedule installed, %d retired", installed, retired)
-        logger.info("beat: identity %s, database %s", self.config.identity, redact(self.config.url))
         self._prepared = True
 
     def _run_due(self, now: float) -> None:
@@ -165,6 +200,7 @@ class DatabaseScheduler(Scheduler):
         due: list[tuple[float, int, datetime]] = []
         while heap and heap[0][0] <= now and len(due) < self.config.batch_size:
             due.append(heapq.heappop(heap))
+        started = time.monotonic()
         try:
             result = self.store.claim([(task_id, seen) for _, task_id, seen in due], sched.utcnow())
         except SQLAlchemyError as exc:
@@ -174,20 +210,42 @@ class DatabaseScheduler(Scheduler):
             return
         self._db_ok()
         self._report(result.errors)
-        self._publish(result)
-
-    def _publish(self, result: ClaimResult) -> None:
-        sent: list[int] = []
         for run in result.runs:
+            self._reschedule(run.task_pk, run.next_run_at)
+        for task_pk, next_run in result.rescheduled:
+            self._reschedule(task_pk, next_run)
+        self._publish(result.runs, result.token, started)
+
+    def _reschedule(self, task_pk: int, next_run: datetime | None) -> None:
+        if next_run is not None and next_run.timestamp() <= self._window_end:
+            heapq.heappush(self._window, (next_run.timestamp(), task_pk, next_run))
+
+    def _publish(self, runs: list[Run], token: str, claimed: float) -> None:
+        """Send claimed runs. Whenever half the claim timeout has passed since the claim
+        was last confirmed (a slow broker, a paused process), confirm it again first: a
+        run another beat has taken over in the meantime is not sent twice."""
+        sent: list[int] = []
+        mine: set[int] | None = None
+        for index, run in enumerate(runs):
+            if time.monotonic() - claimed > self.config.claim_timeout / 2:
+                pending = runs[index:]
+                try:
+                    mine = self.store.confirm([r.run_id for r in pending], token, sched.utcnow())
+                except SQLAlchemyError as exc:  # cannot tell: another beat will publish them
+                    self._db_failed(exc, "confirming claims")
+                    break
+                claimed = time.monotonic()
+                for lost in pending:
+                    if lost.run_id not in mine:
+                        logger.warning("beat: not sending the run of %r for %s: another beat took "
+                                       "it over while this one was stalled", lost.name,
+                                       lost.slot.isoformat())
+            if mine is not None and run.run_id not in mine:
+                continue
             if self._send(run):
                 sent.append(run.run_id)
-            if run.next_run_at is not None and run.next_run_at.timestamp() <= self._window_end:
-                heapq.heappush(self._window, (run.next_run_at.timestamp(), run.task_pk, run.next_run_at))
-        for task_pk, next_run in result.rescheduled:
-            if next_run is not None and next_run.timestamp() <= self._window_end:
-                heapq.heappush(self._window, (next_run.timestamp(), task_pk, next_run))
         try:
-            self.store.mark_sent(sent, sched.utcnow())
+            self.store.mark_sent(sent, sched.utcnow(), token)
         except SQLAlchemyError as exc:
             self._db_failed(exc, "recording sent runs")
 

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 from sqlalchemy import (
     Connection,
@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     cast,
+    delete,
     insert,
     literal,
     null,
@@ -70,15 +71,25 @@ def _window_statement() -> Any:
         .limit(bindparam("limit", type_=Integer))
         .subquery()
     )
-    probe = select(_C.id).where(_C.needs_recompute == true()).limit(1).subquery()
+    flagged = select(_C.id).where(_C.needs_recompute == true()).limit(1).subquery()
+    stale = (
+        select(RUNS.c.id)
+        .where(RUNS.c.state == CLAIMED,
+               RUNS.c.claimed_at < bindparam("stale_before", type_=RUNS.c.claimed_at.type))
+        .limit(1)
+        .subquery()
+    )
     return union_all(
-        select(due.c.id, due.c.next_run_at, literal(0).label("flagged")),
-        select(probe.c.id, null(), literal(1)),
+        select(due.c.id, due.c.next_run_at, literal(0).label("probe")),
+        select(flagged.c.id, null(), literal(1)),
+        select(stale.c.id, null(), literal(2)),
     )
 
 
-#: the near window plus a probe for flagged rows, built once
+CLAIMED, SENT, ABANDONED = "claimed", "sent", "abandoned"
+#: the near window plus probes for flagged tasks and stale claims, built once
 _WINDOW = _window_statement()
+_EPOCH = datetime(1970, 1, 1, tzinfo=sched.UTC)
 TASK_ID_NAMESPACE = uuid.UUID("6f2b8f52-3c4e-5b7a-9d1e-2a7c0e5b4f10")
 
 
@@ -103,10 +114,28 @@ class Run:
     next_run_at: datetime | None
 
 
+class Window(NamedTuple):
+    """What a sync reads: the runs due soon and what else needs doing."""
+
+    due: Sequence[TaskRow]
+    flagged: bool
+    stale: bool
+
+
+@dataclass(slots=True)
+class Takeover:
+    """A stale claim this beat took over: who had it and since when."""
+
+    run: Run
+    previous_claimer: str
+    claimed_at: datetime
+
+
 @dataclass(slots=True)
 class ClaimResult:
     """What one claim transaction did."""
 
+    token: str = ""
     runs: list[Run] = field(default_factory=list)
     #: tasks whose next run moved without a send (expired, bad row): (id, next_run_at)
     rescheduled: list[tuple[int, datetime | None]] = field(default_factory=list)
@@ -124,15 +153,18 @@ class Store:
 
     # -- reading --------------------------------------------------------------
 
-    def window(self, until: datetime, limit: int) -> tuple[Sequence[TaskRow], bool]:
-        """``(id, next_run_at)`` of enabled tasks due by ``until`` (at most ``limit``), and
-        whether any task is flagged for recompute: one statement, outside a transaction."""
+    def window(self, until: datetime, limit: int, stale_before: datetime | None = None) -> Window:
+        """Enabled tasks due by ``until`` (at most ``limit``, earliest first), whether any
+        task is flagged for recompute, and whether any claim older than ``stale_before``
+        was never confirmed as sent: one statement, outside a transaction."""
+        params = {"until": until, "limit": limit, "stale_before": stale_before or _EPOCH}
         with self.engine.connect() as connection:
             rows = connection.execution_options(isolation_level="AUTOCOMMIT").execute(
-                _WINDOW, {"until": until, "limit": limit}
+                _WINDOW, params
             ).all()
-        due = sorted((r for r in rows if not r.flagged), key=lambda r: r.next_run_at)
-        return due, len(due) < len(rows)
+        due = sorted((r for r in rows if r.probe == 0), key=lambda r: r.next_run_at)
+        probes = {r.probe for r in rows}
+        return Window(due, 1 in probes, 2 in probes)
 
     # -- recompute ------------------------------------------------------------
 
@@ -169,9 +201,9 @@ class Store:
         """Claim the runs ``(task id, next_run_at seen)`` in one transaction: each row is
         advanced only if its ``next_run_at`` is still the value seen (compare-and-set),
         and each claim is logged; a run lost to another beat is simply left out."""
-        result = ClaimResult()
-        seen = dict(due)
         token = uuid.uuid4().hex
+        result = ClaimResult(token=token)
+        seen = dict(due)
         with begin_write(self.engine) as connection:
             query = select(*_SEND_COLUMNS).where(_C.id.in_(list(seen)), _C.enabled == true())
             if self._lock_rows:
@@ -215,7 +247,7 @@ class Store:
         inserted = connection.execute(
             insert(RUNS).values(
                 periodic_task_id=row.id, periodic_task_name=row.name, slot=slot,
-                task_id=task_id, state="claimed", sent_by=self.identity,
+                task_id=task_id, state=CLAIMED, sent_by=self.identity,
                 claim_token=token, claimed_at=now,
             )
         )
@@ -226,14 +258,87 @@ class Store:
             options=options, next_run_at=next_run,
         ))
 
-    def mark_sent(self, run_ids: Sequence[int], now: datetime) -> None:
-        """Record that the broker accepted these runs."""
+    def take_over(self, now: datetime, stale_before: datetime, limit: int) -> tuple[str, list[Takeover]]:
+        """Take over claims made before ``stale_before`` and never confirmed as sent (their
+        beat crashed, stalled or could not reach the broker): each is moved to this beat
+        with a new claim token (compare-and-set on the old one), to be published again
+        with the same task id. Claims whose task is gone or broken are abandoned."""
+        token = uuid.uuid4().hex
+        taken: list[Takeover] = []
+        with begin_write(self.engine) as connection:
+            query = (
+                select(RUNS).where(RUNS.c.state == CLAIMED, RUNS.c.claimed_at < stale_before)
+                .order_by(RUNS.c.claimed_at).limit(limit)
+            )
+            if self._lock_rows:
+                query = query.with_for_update(skip_locked=True)
+            claims = connection.execute(query).all()
+            if not claims:
+                return token, taken
+            tasks = {
+                row.id: row for row in connection.execute(
+                    select(*_SEND_COLUMNS).where(_C.id.in_({c.periodic_task_id for c in claims}))
+                )
+            }
+            for claim in claims:
+                mine = update(RUNS).where(RUNS.c.id == claim.id, RUNS.c.claim_token == claim.claim_token)
+                task = tasks.get(claim.periodic_task_id)
+                try:
+                    if task is None:
+                        raise ValidationError("periodic_task_id", claim.periodic_task_id, "task deleted")
+                    args, kwargs, options = _parse_payload(task)
+                except ValidationError as exc:
+                    connection.execute(mine.values(state=ABANDONED))
+                    logger.warning("beat: abandoned the unsent run of %r for %s: %s",
+                                   claim.periodic_task_name, claim.slot.isoformat(), exc)
+                    continue
+                moved = connection.execute(
+                    mine.values(claim_token=token, sent_by=self.identity, claimed_at=now)
+                )
+                if moved.rowcount != 1:
+                    continue
+                run = Run(
+                    run_id=claim.id, task_pk=task.id, name=task.name, task=task.task, slot=claim.slot,
+                    task_id=claim.task_id, args=args, kwargs=kwargs, options=options, next_run_at=None,
+                )
+                taken.append(Takeover(run, claim.sent_by, claim.claimed_at))
+        return token, taken
+
+    def confirm(self, run_ids: Sequence[int], token: str, now: datetime) -> set[int]:
+        """Which of these claims are still this beat's (another beat takes over a claim
+        left unconfirmed past the timeout); those are renewed for another timeout."""
         if not run_ids:
-            return
+            return set()
+        ids = list(run_ids)
         with begin_write(self.engine) as connection:
             connection.execute(
-                update(RUNS).where(RUNS.c.id.in_(list(run_ids))).values(state="sent", sent_at=now)
+                update(RUNS).where(RUNS.c.id.in_(ids), RUNS.c.claim_token == token,
+                                   RUNS.c.state == CLAIMED).values(claimed_at=now)
             )
+            return set(connection.scalars(
+                select(RUNS.c.id).where(RUNS.c.id.in_(ids), RUNS.c.claim_token == token,
+                                        RUNS.c.state == CLAIMED)
+            ))
+
+    def mark_sent(self, run_ids: Sequence[int], now: datetime, token: str | None = None) -> None:
+        """Record that the broker accepted these runs (those still claimed with ``token``)."""
+        if not run_ids:
+            return
+        condition: Any = RUNS.c.id.in_(list(run_ids))
+        if token is not None:
+            condition = condition & (RUNS.c.claim_token == token)
+        with begin_write(self.engine) as connection:
+            connection.execute(update(RUNS).where(condition).values(state=SENT, sent_at=now))
+
+    def prune(self, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` run-log rows claimed before ``before``; returns how many."""
+        with begin_write(self.engine) as connection:
+            ids = list(connection.scalars(
+                select(RUNS.c.id).where(RUNS.c.claimed_at < before).order_by(RUNS.c.claimed_at).limit(limit)
+            ))
+            if ids:
+                connection.execute(delete(RUNS).where(RUNS.c.id.in_(ids)))
+        return len(ids)
 
 
 # -- row parsing ------------------------------------------------------------------
