@@ -22,6 +22,7 @@ setup(
         "sqlalchemy>=2.0,<3",
         "alembic>=1.12",
         "click>=8.1",
+        "cron-descriptor>=1.4",
     ],
     extras_require={
         "postgresql": ["psycopg[binary]>=3.1"],
@@ -38,6 +39,8 @@ setup(
             "PyMySQL>=1.1",
             "ruff>=0.5",
             "mypy>=1.10",
+            "croniter>=2.0",  # an independent cron evaluator the DST tests compare against
+            "hypothesis>=6.90",  # property and fuzz tests of the schedule math and validators
         ],
     },
     entry_points={
@@ -45,6 +48,7 @@ setup(
         "celery.beat_schedulers": [
             "beatsqlalchemy = beatsqlalchemy.schedulers:DatabaseScheduler",
         ],
+        "celery.commands": ["beatsqlalchemy = beatsqlalchemy.cli:celery_command"],
     },
     classifiers=[
         "Framework :: Celery",

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
-from collections.abc import Mapping
+import os
+import socket
+import uuid
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.exc import IntegrityError, SAWarning
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
+from . import describe
+from . import schedules as sched
 from .config import BeatConfig
 from .db import get_engine, prepare_write, session_factory
-from .exceptions import ValidationError
+from .exceptions import TaskNotFound, ValidationError
 from .migrate import ensure_schema
-from .models import PeriodicTask, PeriodicTaskRun
+from .models import SCHEDULE_KINDS, PeriodicTask, PeriodicTaskRun, as_bool, as_int, as_json, as_name
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +70,13 @@ def option_fields(options: Mapping[str, Any] | None) -> dict[str, Any]:
     return fields
 
 
+def _end_read(session: Session) -> None:
+    """End the session's open (read) transaction, so that the next one can start as a
+    write transaction (``BEGIN IMMEDIATE`` on SQLite); pending changes are committed."""
+    if session.in_transaction():
+        session.commit()
+
+
 def save_task(
     session: Session, name: str, task: str | None = None, schedule: Any = None,
     args: Any = None, kwargs: Any = None, options: Mapping[str, Any] | None = None,
@@ -80,12 +96,14 @@ def save_task(
         values.update(option_fields(options))
     if enabled is not None:
         values["enabled"] = enabled
+    _end_read(session)
     saved, _ = PeriodicTask.update_or_create(session, name=name, **values)
     return saved
 
 
 def remove_task(session: Session, name: str) -> bool:
     """Delete the task ``name``; False when there was none."""
+    _end_read(session)
     prepare_write(session)
     deleted = session.execute(delete(PeriodicTask).where(PeriodicTask.name == name))
     session.commit()
@@ -156,3 +174,384 @@ def runs(
     if state is not None:
         query = query.where(PeriodicTaskRun.state == state)
     return list(session.scalars(query))
+
+
+# -- managing tasks by name ---------------------------------------------------------------
+
+#: the run-log state of a run sent by ``run_now``
+SENT = "sent"
+#: the ``source`` shown for tasks created in the database (the column holds NULL)
+DATABASE_SOURCE = "database"
+#: what ``export_tasks`` writes for each task: its definition, not its run state
+DEFINITION_FIELDS = (
+    "args", "kwargs", "queue", "exchange", "routing_key", "headers", "priority", "expires",
+    "expire_seconds", "one_off", "start_time", "extra_options",
+)
+#: run state, shown by ``task_to_dict(state=True)``; ``import_tasks`` ignores it
+STATE_FIELDS = ("last_run_at", "next_run_at", "total_run_count", "schedule_error")
+DEFAULT_PAGE_SIZE = 50
+
+
+def get_task(session: Session, name: str) -> PeriodicTask:
+    """The task called ``name``; raises TaskNotFound."""
+    name = as_name("name", name) or ""
+    found = session.scalars(select(PeriodicTask).where(PeriodicTask.name == name)).one_or_none()
+    if found is None:
+        raise TaskNotFound(name)
+    return found
+
+
+def create_task(session: Session, name: str, task: str, schedule: Any = None, **fields: Any) -> PeriodicTask:
+    """Create the task ``name``; a ValidationError when one already has that name."""
+    as_name("name", name)
+    exists = session.scalar(select(func.count()).select_from(PeriodicTask).where(PeriodicTask.name == name))
+    _end_read(session)  # save_task starts a write transaction
+    if exists:
+        raise ValidationError("name", name, "a task with this name exists")
+    try:
+        return save_task(session, name, task=task, schedule=schedule, **fields)
+    except IntegrityError as exc:  # created meanwhile by another writer
+        if session.scalar(select(func.count()).select_from(PeriodicTask).where(PeriodicTask.name == name)):
+            session.rollback()
+            raise ValidationError("name", name, "a task with this name exists") from exc
+        raise
+
+
+def update_task(session: Session, name: str, **fields: Any) -> PeriodicTask:
+    """Change the existing task ``name`` (same keywords as ``save_task``); raises
+    TaskNotFound when there is none, ValidationError on a bad value (nothing is written)."""
+    get_task(session, name)
+    _end_read(session)
+    return save_task(session, name, **fields)
+
+
+def _name_pattern(pattern: str) -> str:
+    """A shell-style pattern (``*``, ``?``) as a LIKE pattern escaped with ``!``."""
+    escaped = pattern.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _filters(enabled: bool | None, task: str | None, name: str | None) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if enabled is not None:
+        conditions.append(PeriodicTask.enabled == as_bool("enabled", enabled))
+    if task is not None:
+        conditions.append(PeriodicTask.task == as_name("task", task))
+    if name is not None:
+        if not isinstance(name, str) or not name:
+            raise ValidationError("name", name, "must be a non-empty pattern")
+        conditions.append(PeriodicTask.name.ilike(_name_pattern(name), escape="!"))
+    return conditions
+
+
+def list_tasks(
+    session: Session, *, enabled: bool | None = None, task: str | None = None,
+    name: str | None = None, limit: int | None = None, offset: int = 0,
+    page: int | None = None, size: int | None = None,
+) -> list[PeriodicTask]:
+    """Tasks sorted by name, filtered by ``enabled``, by ``task`` (the Celery task name)
+    and by ``name``, a case-insensitive shell-style pattern (``report-*``). Paginated
+    with ``limit``/``offset`` or with ``page`` (from 1) and ``size``."""
+    query = select(PeriodicTask).where(*_filters(enabled, task, name)).order_by(PeriodicTask.name)
+    if page is not None or size is not None:
+        if limit is not None or offset:
+            raise ValidationError("page", page, "use page/size or limit/offset, not both")
+        size = as_int("size", DEFAULT_PAGE_SIZE if size is None else size, 1)
+        page = as_int("page", 1 if page is None else page, 1)
+        assert size is not None and page is not None
+        limit, offset = size, (page - 1) * size
+    offset = as_int("offset", offset, 0) or 0
+    if limit is not None:
+        query = query.limit(as_int("limit", limit, 0))
+    if offset:
+        query = query.offset(offset)
+    return list(session.scalars(query).unique())
+
+
+def count_tasks(
+    session: Session, *, enabled: bool | None = None, task: str | None = None, name: str | None = None,
+) -> int:
+    """How many tasks ``list_tasks`` would return without pagination."""
+    query = select(func.count()).select_from(PeriodicTask).where(*_filters(enabled, task, name))
+    return int(session.scalar(query) or 0)
+
+
+def _tasks_named(session: Session, names: Iterable[str], missing_ok: bool) -> list[PeriodicTask]:
+    wanted = list(dict.fromkeys(as_name("name", n) or "" for n in names))
+    _end_read(session)
+    prepare_write(session)
+    found = {t.name: t for t in session.scalars(select(PeriodicTask).where(PeriodicTask.name.in_(wanted)))}
+    missing = [n for n in wanted if n not in found]
+    if missing and not missing_ok:
+        session.rollback()
+        raise TaskNotFound(missing[0])
+    return [found[n] for n in wanted if n in found]
+
+
+def _set_enabled(
+    session: Session, names: Iterable[str], enabled: bool, missing_ok: bool,
+) -> list[PeriodicTask]:
+    try:
+        tasks = _tasks_named(session, names, missing_ok)
+        for task in tasks:
+            task.enabled = enabled  # the flush hook computes next_run_at (None when disabled)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return tasks
+
+
+def enable_tasks(session: Session, names: Iterable[str], missing_ok: bool = False) -> list[PeriodicTask]:
+    """Enable every task named; each gets a fresh ``next_run_at``. All or nothing: a
+    missing name raises TaskNotFound unless ``missing_ok``. Returns the tasks."""
+    return _set_enabled(session, names, True, missing_ok)
+
+
+def disable_tasks(session: Session, names: Iterable[str], missing_ok: bool = False) -> list[PeriodicTask]:
+    """Disable every task named (see ``enable_tasks``)."""
+    return _set_enabled(session, names, False, missing_ok)
+
+
+def delete_tasks(session: Session, names: Iterable[str], missing_ok: bool = False) -> list[str]:
+    """Delete every task named; all or nothing (see ``enable_tasks``). Returns the names deleted."""
+    try:
+        tasks = _tasks_named(session, names, missing_ok)
+        ids = [t.id for t in tasks]
+        if ids:
+            session.execute(delete(PeriodicTask).where(PeriodicTask.id.in_(ids)))
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return [t.name for t in tasks]
+
+
+def enable_task(session: Session, name: str) -> PeriodicTask:
+    """Enable the task ``name``; raises TaskNotFound."""
+    return enable_tasks(session, [name])[0]
+
+
+def disable_task(session: Session, name: str) -> PeriodicTask:
+    """Disable the task ``name``; raises TaskNotFound."""
+    return disable_tasks(session, [name])[0]
+
+
+def delete_task(session: Session, name: str) -> None:
+    """Delete the task ``name``; raises TaskNotFound (``remove_task`` returns False instead)."""
+    delete_tasks(session, [name])
+
+
+def next_run_at(session: Session, name: str, now: datetime | None = None) -> datetime | None:
+    """When beat sends the task ``name`` next (UTC); None when it is disabled or finished.
+    A row changed with plain SQL and not yet recomputed by beat is computed here the way
+    beat will; a row beat cannot schedule raises ValidationError."""
+    task = get_task(session, name)
+    if task.needs_recompute or (task.enabled and task.next_run_at is None and task.schedule_error is None):
+        return task.compute_next_run(now or sched.utcnow())
+    if task.schedule_error and task.enabled:
+        task.compute_next_run(now or sched.utcnow())  # raises the reason, when still bad
+    return task.next_run_at
+
+
+def upcoming(session: Session, name: str, count: int = 5, now: datetime | None = None) -> list[datetime]:
+    """The next ``count`` runs of the task ``name`` (UTC), from ``next_run_at`` on."""
+    task = get_task(session, name)
+    first = next_run_at(session, name, now)
+    row = task.schedule_row
+    if first is None or row is None:
+        return []
+    spec = row.spec()
+    runs = [first]
+    while len(runs) < count and not task.one_off:
+        following = sched.after_run(spec, runs[-1], runs[-1])
+        if following is None or following <= runs[-1]:
+            break
+        runs.append(following)
+    return runs
+
+
+def default_sender(kind: str = "api") -> str:
+    """Who sends a run by hand: ``kind:user@host:pid`` (the run log's ``sent_by``)."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in this environment
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return f"{kind}:{user}@{socket.gethostname()}:{os.getpid()}"[:255]
+
+
+def send_options(task: PeriodicTask) -> dict[str, Any]:
+    """The ``apply_async`` options of a task, validated (as beat sends them)."""
+    extra = task.extra_options
+    options: dict[str, Any] = dict(as_json("extra_options", extra, dict)) if extra is not None else {}
+    for key in ("queue", "exchange", "routing_key"):
+        value = getattr(task, key)
+        if value:
+            options[key] = value
+    if task.priority is not None:
+        options["priority"] = as_int("priority", task.priority, 0, 255)
+    if task.expires is not None:
+        options["expires"] = task.expires
+    elif task.expire_seconds is not None:
+        options["expires"] = task.expire_seconds
+    options["headers"] = dict(as_json("headers", task.headers or {}, dict))
+    return options
+
+
+def run_now(
+    session: Session, app: Celery, name: str, sent_by: str | None = None, now: datetime | None = None,
+) -> PeriodicTaskRun:
+    """Send one run of the task ``name`` now, through ``app``'s broker, whether the task is
+    enabled or not. The run gets a task id of its own (derived from the task and the
+    moment, like beat's), is recorded in the run log as sent by ``sent_by``, and counts in
+    ``total_run_count`` and ``last_run_at``; ``next_run_at`` does not move. Raises
+    TaskNotFound, ValidationError for a row that cannot be sent, and the broker's error
+    when the message cannot be published (nothing is recorded then)."""
+    from .store import run_task_id
+
+    now = sched.as_utc(now or sched.utcnow())
+    task = get_task(session, name)
+    pk, task_name = task.id, task.task
+    args = list(as_json("args", [] if task.args is None else task.args, list))
+    kwargs = dict(as_json("kwargs", {} if task.kwargs is None else task.kwargs, dict))
+    options = send_options(task)
+    if task.expires is not None and task.expires <= now:
+        _end_read(session)
+        raise ValidationError("expires", task.expires.isoformat(), "the task has expired")
+    _end_read(session)  # publish outside any transaction
+    task_id = run_task_id(pk, now)
+    registered = app.tasks.get(task_name)
+    if registered is not None:
+        registered.apply_async(args, kwargs, task_id=task_id, **options)
+    else:
+        app.send_task(task_name, args, kwargs, task_id=task_id, **options)
+    run = PeriodicTaskRun(
+        periodic_task_id=pk, periodic_task_name=name, slot=now, task_id=task_id, state=SENT,
+        sent_by=(sent_by or default_sender())[:255], claim_token=uuid.uuid4().hex,
+        claimed_at=now, sent_at=sched.utcnow(),
+    )
+    try:
+        prepare_write(session)
+        session.add(run)
+        session.execute(
+            update(PeriodicTask).where(PeriodicTask.id == pk)
+            .values(total_run_count=PeriodicTask.total_run_count + 1, last_run_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return run
+
+
+# -- export and import ----------------------------------------------------------------
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else sched.as_utc(value).isoformat()
+
+
+def schedule_to_dict(task: PeriodicTask) -> tuple[str, dict[str, Any]] | None:
+    """``(kind, fields)`` of a task's schedule, as JSON values."""
+    row = task.schedule_row
+    if row is None:
+        return None
+    fields: dict[str, Any] = {}
+    for key in row.identity:
+        value = getattr(row, key)
+        if isinstance(value, datetime):
+            value = _iso(value)
+        elif key in ("latitude", "longitude"):
+            value = float(value)
+        fields[key] = value
+    return row.kind, fields
+
+
+def task_to_dict(task: PeriodicTask, state: bool = True) -> dict[str, Any]:
+    """A task as JSON values: its name, Celery task, source (``config`` or ``database``),
+    ``schedule`` in plain words, the schedule's fields under its kind (``interval``,
+    ``crontab``, ``solar`` or ``clocked``), its options and, with ``state``, its run state."""
+    data: dict[str, Any] = {
+        "name": task.name, "task": task.task, "enabled": task.enabled,
+        "source": task.source or DATABASE_SOURCE, "description": task.description or "",
+        "schedule": describe.task(task),
+    }
+    kind_fields = schedule_to_dict(task)
+    if kind_fields is not None:
+        data[kind_fields[0]] = kind_fields[1]
+    for key in DEFINITION_FIELDS:
+        value = getattr(task, key)
+        data[key] = _iso(value) if isinstance(value, datetime) else value
+    if state:
+        data.update(
+            last_run_at=_iso(task.last_run_at), next_run_at=_iso(task.next_run_at),
+            total_run_count=task.total_run_count, schedule_error=task.schedule_error,
+        )
+    return data
+
+
+def export_tasks(session: Session, **filters: Any) -> list[dict[str, Any]]:
+    """Every task's definition (no run state) sorted by name, for ``import_tasks``;
+    ``filters`` as for ``list_tasks``."""
+    tasks = list_tasks(session, **filters)
+    return sorted((task_to_dict(t, state=False) for t in tasks), key=lambda d: str(d["name"]))
+
+
+_IMPORT_KEYS = frozenset(("name", "task", "enabled", "source", "description", "schedule",
+                          *SCHEDULE_KINDS, *DEFINITION_FIELDS, *STATE_FIELDS))
+
+
+def import_tasks(session: Session, entries: Any) -> tuple[int, int]:
+    """Create or update by name the tasks in ``entries`` (what ``export_tasks`` returns:
+    a list of objects, or ``{"tasks": [...]}``), in one transaction: a bad entry raises
+    ValidationError naming the task, the field and the value, and nothing is written.
+    ``schedule`` (words) and run state are ignored. Returns (created, updated)."""
+    if isinstance(entries, Mapping) and set(entries) == {"tasks"}:
+        entries = entries["tasks"]
+    if not isinstance(entries, Sequence) or isinstance(entries, (str, bytes)):
+        raise ValidationError("tasks", entries, "must be a JSON array of task objects")
+    created = updated = 0
+    _end_read(session)
+    prepare_write(session)
+    try:
+        with warnings.catch_warnings():  # each update_or_create asks again for a write transaction
+            warnings.filterwarnings("ignore", "Connection is already established", SAWarning)
+            created, updated = _import_all(session, entries)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return created, updated
+
+
+def _import_all(session: Session, entries: Sequence[Any]) -> tuple[int, int]:
+    created = updated = 0
+    for index, entry in enumerate(entries):
+        label = f"task #{index + 1}"
+        try:
+            if not isinstance(entry, Mapping):
+                raise ValidationError("task", entry, "must be a JSON object")
+            if entry.get("name") is not None:
+                label = f"task {entry['name']!r}"
+            fields = _import_fields(entry)
+            _, was_created = PeriodicTask.update_or_create(session, commit=False, **fields)
+        except ValidationError as exc:
+            raise ValidationError(exc.field, exc.value, f"{exc.reason} (in {label})") from exc
+        created += was_created
+        updated += not was_created
+    return created, updated
+
+
+def _import_fields(entry: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(entry) - _IMPORT_KEYS)
+    if unknown:
+        raise ValidationError(unknown[0], entry[unknown[0]], "not a field of a task")
+    if "name" not in entry:
+        raise ValidationError("name", None, "is required")
+    fields = {k: v for k, v in entry.items() if k not in STATE_FIELDS and k != "schedule"}
+    if "source" in fields:
+        source = fields["source"]
+        if source not in (CONFIG_SOURCE, DATABASE_SOURCE, None):
+            raise ValidationError("source", source, f"must be {CONFIG_SOURCE!r} or {DATABASE_SOURCE!r}")
+        fields["source"] = CONFIG_SOURCE if source == CONFIG_SOURCE else None
+    return fields

@@ -1,95 +1,884 @@
-"""The ``beatsqlalchemy`` command: schema migrations for installs without alembic.ini."""
+"""The ``beatsqlalchemy`` command, also ``celery -A proj beatsqlalchemy``: manage periodic
+tasks (list, show, add, edit, enable, disable, remove, run, export, import) and the schema.
+
+Invalid input prints one line naming the field and the value and exits 2; a task that
+does not exist exits 1; so does a database or broker error. Never a traceback.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
+import re
 import sys
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from . import migrate
-from .config import BeatConfig, resolve_url
-from .db import get_engine, redact
+from .exceptions import SchemaNotReady, TaskNotFound, ValidationError
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
+
+    from .models import PeriodicTask
+
+F = TypeVar("F", bound=Callable[..., Any])
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+# -- errors: one line, no traceback ------------------------------------------------------
+
+class InputError(click.ClickException):
+    """Invalid input: one line on stderr, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class Failure(InputError):
+    """A missing task, or a database or broker error: one line on stderr, exit code 1."""
+
+    exit_code = 1
+
+
+def _one_line(exc: click.UsageError) -> InputError:
+    """Click's usage error (usage, hint, message) as a single line."""
+    message = exc.format_message().strip().rstrip(".")
+    if exc.ctx is not None:
+        message += f" (see '{exc.ctx.command_path} --help')"
+    return InputError(message)
+
+
+class Command(click.Command):
+    """A command whose usage errors are one line."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+
+class Group(click.Group):
+    """A group whose commands are ``Command`` and whose usage errors are one line."""
+
+    command_class = Command
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+
+def _database_error(exc: BaseException) -> str:
+    """One line about a database error: no SQL text, no parameters, no password."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def handle_errors(func: F) -> F:
+    """Turn the package's errors into one-line messages with the right exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return func(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except ValidationError as exc:
+            raise InputError(str(exc)) from None
+        except (TaskNotFound, SchemaNotReady) as exc:
+            raise Failure(str(exc)) from None
+        except SQLAlchemyError as exc:
+            obj = click.get_current_context().find_object(Context)
+            where = f"database {obj.url_shown} " if obj is not None else "database "
+            raise Failure(f"{where}failed: {_database_error(exc)}") from None
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # never a traceback
+            raise Failure(f"{type(exc).__name__}: {exc}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# -- where the database and the app come from ---------------------------------------------
+
+def load_app(name: str) -> Celery:
+    """The Celery app named ``module``, ``module:attribute`` or ``module.attribute``."""
+    from celery.app.utils import find_app
+
+    try:
+        app: Any = find_app(name)
+    except Exception as exc:
+        raise InputError(f"app: cannot load the Celery app {name!r}: {type(exc).__name__}: {exc}") from None
+    if not hasattr(app, "conf"):
+        raise InputError(f"app: {name!r} is not a Celery app")
+    return app  # type: ignore[no-any-return]
 
 
 class Context:
-    """What the group options resolve to: the database URL and engine options."""
+    """What the group options resolve to: the database (``--url``, else the app's
+    configuration, else ``BEAT_SQLALCHEMY_URL``, else the SQLite default) and the app."""
 
-    def __init__(self, url: str | None, app: str | None) -> None:
+    def __init__(self, url: str | None, app: str | Celery | None) -> None:
         self._url = url
-        self._app = app
+        self._app_ref = app
+        self._app: Celery | None = None
+        self._engine: Engine | None = None
+
+    def app(self, needed_for: str | None = None) -> Celery | None:
+        """The Celery app; with ``needed_for``, an InputError when none was given."""
+        if self._app is None and self._app_ref is not None:
+            self._app = load_app(self._app_ref) if isinstance(self._app_ref, str) else self._app_ref
+        if self._app is None and needed_for:
+            raise InputError(f"app: {needed_for} needs the Celery app; pass -A/--app "
+                             "(for example: beatsqlalchemy -A proj.celery:app ...)")
+        return self._app
+
+    def config(self) -> Any:
+        from .config import BeatConfig
+
+        app = self.app()
+        return None if app is None else BeatConfig.from_app(app)
+
+    def url(self) -> tuple[str, dict[str, Any]]:
+        from .config import resolve_url
+
+        if self._url:
+            return self._url, {}
+        config = self.config()
+        if config is not None:
+            return config.url, dict(config.engine_options)
+        return resolve_url(), {}
+
+    @property
+    def url_shown(self) -> str:
+        from .db import redact
+
+        try:
+            return redact(self.url()[0])
+        except click.ClickException:
+            return "<unknown>"
 
     def engine(self) -> Engine:
-        if self._url:
-            return get_engine(self._url)
-        if self._app:
-            from celery.utils.imports import symbol_by_name
+        """The engine, without checking the schema (for the migration commands)."""
+        if self._engine is None:
+            from .db import get_engine
 
-            celery_app: Any = symbol_by_name(self._app)
-            if not hasattr(celery_app, "conf"):  # a module: use its `app`/`celery`
-                celery_app = getattr(celery_app, "app", None) or celery_app.celery
-            config = BeatConfig.from_app(celery_app)
-            return get_engine(config.url, config.engine_options)
-        return get_engine(resolve_url())
+            url, options = self.url()
+            try:
+                self._engine = get_engine(url, options)
+            except Exception as exc:  # an unparsable URL or a missing driver
+                from .db import redact
+
+                raise InputError(f"url: invalid value {redact(url)!r}: {exc}") from None
+        return self._engine
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session on a database whose schema is current (created on SQLite)."""
+        from .db import session_factory
+        from .migrate import ensure_schema
+
+        engine = self.engine()
+        config = self.config()
+        ensure_schema(engine, config.create_schema if config is not None and not self._url else None)
+        with session_factory(engine)() as session:
+            yield session
 
 
-@click.group()
-@click.option("--url", envvar="BEAT_SQLALCHEMY_URL", help="Database URL (default: the "
-              "BEAT_SQLALCHEMY_URL environment variable, else the app's config, else "
-              "sqlite:///celerybeat-schedule.sqlite3).")
-@click.option("-A", "--app", help="A Celery app (module:attribute) whose config names the database.")
+pass_context = click.make_pass_decorator(Context)
+
+GROUP_HELP = """Manage the periodic tasks of beatsqlalchemy, and its schema.
+
+The database is the one given with --url, else the one in the app's configuration
+({app}), else the BEAT_SQLALCHEMY_URL environment variable, else
+sqlite:///celerybeat-schedule.sqlite3.
+
+\b
+Examples:
+  {prog} --url postgresql+psycopg://beat@db/celery upgrade
+  {prog_app} list
+  {prog_app} add cleanup tasks.cleanup --every 10m
+  {prog_app} disable cleanup
+"""
+
+
+@click.group(cls=Group, context_settings=CONTEXT_SETTINGS, help=GROUP_HELP.format(
+    app="-A", prog="beatsqlalchemy", prog_app="beatsqlalchemy -A proj"))
+@click.option("--url", metavar="URL", help="Database URL (wins over the app's configuration and "
+              "the BEAT_SQLALCHEMY_URL environment variable).")
+@click.option("-A", "--app", metavar="MODULE[:APP]",
+              help="A Celery app whose configuration names the database; `run` and "
+              "`import --from-app` need it.")
 @click.pass_context
 def main(ctx: click.Context, url: str | None, app: str | None) -> None:
-    """Manage the beatsqlalchemy schema.
-
-    \b
-    Examples:
-      beatsqlalchemy --url postgresql+psycopg://beat@db/celery upgrade
-      beatsqlalchemy -A proj.celery:app current
-    """
     ctx.obj = Context(url, app)
 
 
-def _fail(exc: Exception) -> None:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(1)
+@click.group("beatsqlalchemy", cls=Group, context_settings=CONTEXT_SETTINGS,
+             help=GROUP_HELP.format(app="celery -A", prog="celery beatsqlalchemy",
+                                    prog_app="celery -A proj beatsqlalchemy"))
+@click.option("--url", metavar="URL", help="Database URL (wins over the app's configuration and "
+              "the BEAT_SQLALCHEMY_URL environment variable).")
+@click.pass_context
+def celery_command(ctx: click.Context, url: str | None) -> None:
+    """``celery -A proj beatsqlalchemy ...``: the app is the one celery loaded."""
+    parent_app = getattr(ctx.obj, "app", None)  # celery's CLIContext
+    ctx.obj = Context(url, parent_app)
 
 
-@main.command()
+def command(name: str | None = None, **settings: Any) -> Callable[[F], F]:
+    """A command of both groups, with one-line errors."""
+
+    def decorate(func: F) -> F:
+        cmd = click.command(name, cls=Command, context_settings=CONTEXT_SETTINGS, **settings)(
+            handle_errors(func)
+        )
+        main.add_command(cmd)
+        celery_command.add_command(cmd)
+        return cmd  # type: ignore[return-value]
+
+    return decorate
+
+
+# -- formatting ----------------------------------------------------------------------------
+
+def _when(moment: datetime | None) -> str:
+    from .schedules import as_utc
+
+    return "-" if moment is None else as_utc(moment).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _next_run(session: Session, task: PeriodicTask) -> tuple[datetime | None, str | None]:
+    """The next run as beat will see it, or the reason the row cannot be scheduled."""
+    from . import api
+
+    if task.schedule_error and not task.needs_recompute:
+        return None, task.schedule_error
+    if not task.needs_recompute:
+        return task.next_run_at, None
+    try:
+        return api.next_run_at(session, task.name), None
+    except ValidationError as exc:
+        return None, str(exc)
+
+
+def _task_json(session: Session, task: PeriodicTask) -> dict[str, Any]:
+    from . import api
+
+    data = api.task_to_dict(task)
+    next_run, error = _next_run(session, task)
+    data["next_run_at"] = None if next_run is None else next_run.isoformat()
+    data["schedule_error"] = error
+    return data
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+# -- schema ------------------------------------------------------------------------------
+
+@command()
 @click.argument("revision", default="head")
-@click.pass_obj
+@pass_context
 def upgrade(obj: Context, revision: str) -> None:
-    """Create or upgrade the tables (to REVISION, default head)."""
-    try:
-        engine = obj.engine()
-        migrate.upgrade(engine, revision)
-        click.echo(f"{redact(str(engine.url))} is at revision {migrate.current_revision(engine)}")
-    except SQLAlchemyError as exc:
-        _fail(exc)
+    """Create or upgrade the tables (to REVISION, default head).
+
+    \b
+    Example:
+      beatsqlalchemy --url postgresql+psycopg://beat@db/celery upgrade
+    """
+    from . import migrate
+    from .db import redact
+
+    engine = obj.engine()
+    migrate.upgrade(engine, revision)
+    click.echo(f"{redact(str(engine.url))} is at revision {migrate.current_revision(engine)}")
 
 
-@main.command()
+@command()
 @click.argument("revision")
-@click.pass_obj
+@pass_context
 def downgrade(obj: Context, revision: str) -> None:
-    """Downgrade the tables to REVISION (``base`` removes them all)."""
-    try:
-        engine = obj.engine()
-        migrate.downgrade(engine, revision)
-        click.echo(f"{redact(str(engine.url))} is at revision {migrate.current_revision(engine)}")
-    except SQLAlchemyError as exc:
-        _fail(exc)
+    """Downgrade the tables to REVISION ('base' removes them all).
+
+    \b
+    Example:
+      beatsqlalchemy --url postgresql+psycopg://beat@db/celery downgrade base
+    """
+    from . import migrate
+    from .db import redact
+
+    engine = obj.engine()
+    migrate.downgrade(engine, revision)
+    click.echo(f"{redact(str(engine.url))} is at revision {migrate.current_revision(engine)}")
 
 
-@main.command()
-@click.pass_obj
+@command()
+@pass_context
 def current(obj: Context) -> None:
-    """Show the schema revision of the database and the newest one available."""
+    """Show the schema revision of the database and the newest one available.
+
+    \b
+    Example:
+      beatsqlalchemy -A proj current
+    """
+    from . import migrate
+
+    engine = obj.engine()
+    click.echo(f"current: {migrate.current_revision(engine) or 'none'}")
+    click.echo(f"head:    {migrate.head_revision()}")
+
+
+# -- reading -----------------------------------------------------------------------------
+
+@command("list")
+@click.option("--enabled/--disabled", "enabled", default=None, help="Only enabled (or disabled) tasks.")
+@click.option("--task", "task_name", metavar="TASK", help="Only tasks that send this Celery task.")
+@click.option("--name", "pattern", metavar="PATTERN",
+              help="Only names matching this pattern (* and ?, case-insensitive).")
+@click.option("--limit", type=int, help="At most this many tasks.")
+@click.option("--offset", type=int, default=0, show_default=True, help="Skip this many tasks first.")
+@click.option("--page", type=int, help="Page number, from 1 (with --size).")
+@click.option("--size", type=int, help="Tasks per page (default 50).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
+@pass_context
+def list_(obj: Context, enabled: bool | None, task_name: str | None, pattern: str | None,
+          limit: int | None, offset: int, page: int | None, size: int | None, as_json: bool) -> None:
+    """List periodic tasks, sorted by name: name, Celery task, schedule in plain words,
+    enabled, last run, next run (UTC), total runs and source (config or database).
+
+    \b
+    Examples:
+      beatsqlalchemy list
+      beatsqlalchemy list --disabled --name 'report-*'
+      beatsqlalchemy list --page 2 --size 20
+      beatsqlalchemy list --json
+    """
+    from . import api, describe
+
+    with obj.session() as session:
+        tasks = api.list_tasks(session, enabled=enabled, task=task_name, name=pattern, limit=limit,
+                               offset=offset, page=page, size=size)
+        if as_json:
+            _echo_json([_task_json(session, t) for t in tasks])
+            return
+        if not tasks:
+            click.echo("no periodic tasks")
+            return
+        rows = [["NAME", "TASK", "SCHEDULE", "ENABLED", "LAST RUN (UTC)", "NEXT RUN (UTC)", "RUNS",
+                 "SOURCE"]]
+        for task in tasks:
+            next_run, error = _next_run(session, task)
+            rows.append([
+                task.name, task.task, describe.task(task), "yes" if task.enabled else "no",
+                _when(task.last_run_at), "error" if error else _when(next_run),
+                str(task.total_run_count), task.source or api.DATABASE_SOURCE,
+            ])
+        click.echo(_table(rows))
+
+
+@command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@pass_context
+def show(obj: Context, name: str, as_json: bool) -> None:
+    """Show one task: its schedule, options, run state, next runs and recent runs.
+
+    \b
+    Examples:
+      beatsqlalchemy show nightly-report
+      beatsqlalchemy show nightly-report --json
+    """
+    from . import api
+
+    with obj.session() as session:
+        task = api.get_task(session, name)
+        data = _task_json(session, task)
+        recent = api.runs(session, name=name, limit=5)
+        upcoming: list[datetime] = []
+        if data["schedule_error"] is None:
+            try:
+                upcoming = api.upcoming(session, name, 3)
+            except ValidationError:
+                upcoming = []
+        if as_json:
+            data["upcoming"] = [moment.isoformat() for moment in upcoming]
+            data["recent_runs"] = [{
+                "slot": run.slot.isoformat(), "task_id": run.task_id, "state": run.state,
+                "sent_by": run.sent_by, "sent_at": None if run.sent_at is None else run.sent_at.isoformat(),
+            } for run in recent]
+            _echo_json(data)
+            return
+        kind = next((k for k in ("interval", "crontab", "solar", "clocked") if k in data), None)
+        options = {k: data[k] for k in ("queue", "exchange", "routing_key", "priority", "expires",
+                                          "expire_seconds", "start_time") if data[k] is not None}
+        if task.headers:
+            options["headers"] = task.headers
+        if task.extra_options:
+            options.update(task.extra_options)
+        lines = [
+            ("name", task.name), ("task", task.task), ("source", data["source"]),
+            ("schedule", data["schedule"]),
+            (kind or "schedule", json.dumps(data[kind]) if kind else "-"),
+            ("enabled", "yes" if task.enabled else "no"), ("one-off", "yes" if task.one_off else "no"),
+            ("args", json.dumps(task.args)), ("kwargs", json.dumps(task.kwargs)),
+            ("options", json.dumps(options) if options else "-"),
+            ("description", task.description or "-"),
+            ("last run", _when(task.last_run_at) + (" UTC" if task.last_run_at else "")),
+            ("next run", (_when(upcoming[0]) + " UTC") if upcoming else "-"),
+            ("total runs", str(task.total_run_count)),
+        ]
+        if data["schedule_error"]:
+            lines.append(("error", data["schedule_error"]))
+        if len(upcoming) > 1:
+            lines.append(("then", ", ".join(_when(m) for m in upcoming[1:])))
+        width = max(len(label) for label, _ in lines) + 2
+        for label, value in lines:
+            click.echo(f"{label + ':':<{width}}{value}")
+        if recent:
+            click.echo("recent runs (UTC):")
+            click.echo(_table([["  SLOT", "STATE", "TASK ID", "SENT BY"]] + [
+                [f"  {_when(run.slot)}", run.state, run.task_id, run.sent_by] for run in recent
+            ]))
+
+
+# -- writing -----------------------------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+)\s*([a-z]*)")
+_UNITS = {
+    "": "seconds", "s": "seconds", "sec": "seconds", "secs": "seconds", "second": "seconds",
+    "seconds": "seconds", "m": "minutes", "min": "minutes", "mins": "minutes", "minute": "minutes",
+    "minutes": "minutes", "h": "hours", "hr": "hours", "hour": "hours", "hours": "hours",
+    "d": "days", "day": "days", "days": "days", "ms": "milliseconds",
+}
+
+
+def parse_duration(value: str) -> timedelta:
+    """``30s``, ``5m``, ``2h``, ``1d``, ``1h30m``, or a number of seconds."""
+    text = value.strip().lower().replace(" ", "")
+    parts = _DURATION.findall(text)
+    if (not text or "".join(n + u for n, u in parts) != text or any(u not in _UNITS for _, u in parts)
+            or (len(parts) > 1 and any(not u for _, u in parts))):
+        raise ValidationError("every", value, "a duration such as 30s, 5m, 2h, 1d or 1h30m")
+    delta = sum((timedelta(**{_UNITS[u]: int(n)}) for n, u in parts), timedelta())
+    if delta <= timedelta(0):
+        raise ValidationError("every", value, "must be longer than zero")
+    return delta
+
+
+def _crontab_timezone(obj: Context, tz: str | None, current: Any = None) -> str:
+    if tz:
+        return tz
+    if current is not None and getattr(current, "kind", None) == "crontab":
+        return str(current.timezone)
+    app = obj.app()
+    zone = getattr(app.conf, "timezone", None) if app is not None else None
+    return str(zone) if zone else "UTC"
+
+
+def _schedule(obj: Context, every: str | None, cron: str | None, tz: str | None, at: str | None,
+              solar: tuple[str, str, str] | None, current: Any = None) -> dict[str, Any]:
+    """The schedule keyword for ``save_task`` from the schedule options (or {})."""
+    from .models import as_datetime
+    from .schedules import split_cron, zone
+
+    given = [flag for flag, value in (("--every", every), ("--cron", cron), ("--at", at),
+                                      ("--solar", solar)) if value]
+    if len(given) > 1:
+        raise ValidationError("schedule", " ".join(given), "give only one of --every, --cron, --at, --solar")
+    if tz:
+        zone(tz)
+    if every:
+        return {"interval": parse_duration(every)}
+    if cron:
+        return {"crontab": {**split_cron(cron), "timezone": _crontab_timezone(obj, tz, current)}}
+    if at:
+        moment = _parse_at(at, tz)
+        return {"clocked": {"clocked_time": as_datetime("at", moment)}}
+    if solar:
+        event, latitude, longitude = solar
+        return {"solar": {"event": event, "latitude": latitude, "longitude": longitude}}
+    if tz:
+        if current is None or getattr(current, "kind", None) != "crontab":
+            raise ValidationError("timezone", tz, "--tz applies to a crontab schedule; give --cron too")
+        fields = {key: getattr(current, key) for key in current.identity}
+        return {"crontab": {**fields, "timezone": tz}}
+    return {}
+
+
+def _parse_at(value: str, tz: str | None) -> datetime:
+    from .schedules import zone
+
     try:
-        engine = obj.engine()
-        click.echo(f"current: {migrate.current_revision(engine) or 'none'}")
-        click.echo(f"head:    {migrate.head_revision()}")
-    except SQLAlchemyError as exc:
-        _fail(exc)
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError("at", value, "not an ISO 8601 date and time (2030-01-31T09:00)") from None
+    if moment.tzinfo is None and tz:
+        moment = moment.replace(tzinfo=zone(tz))
+    return moment
+
+
+def _expires(value: str) -> dict[str, Any]:
+    text = value.strip()
+    if text.lower() in ("", "none"):
+        return {"expires": None, "expire_seconds": None}
+    if text.isdigit():
+        return {"expires": None, "expire_seconds": int(text)}
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError("expires", value, "seconds, or an ISO 8601 date and time") from None
+    return {"expires": moment, "expire_seconds": None}
+
+
+def _fields(obj: Context, options: dict[str, Any], current: Any = None) -> dict[str, Any]:
+    """``save_task`` keywords for the options given on the command line."""
+    fields = _schedule(obj, options.pop("every"), options.pop("cron"), options.pop("tz"),
+                       options.pop("at"), options.pop("solar"), current)
+    one_off = options.pop("one_off")
+    if one_off is not None:
+        fields["one_off"] = one_off
+    expires = options.pop("expires")
+    if expires is not None:
+        fields.update(_expires(expires))
+    for key in ("args", "kwargs", "headers"):
+        value = options.pop(key)
+        if value is not None:
+            fields[key] = value  # JSON text, validated by the model
+    for key in ("queue", "exchange", "routing_key"):
+        value = options.pop(key)
+        if value is not None:
+            fields[key] = value or None  # "" clears it
+    for key in ("priority", "description", "enabled", "start_time", "task"):
+        value = options.pop(key, None)
+        if value is not None:
+            fields[key] = value
+    return fields
+
+
+def task_options(func: F) -> F:
+    """The options ``add`` and ``edit`` share."""
+    decorators = [
+        click.option("--every", metavar="DURATION", help="Run every DURATION: 30s, 5m, 2h, 1d, 1h30m."),
+        click.option("--cron", metavar="'M H DOM MON DOW'",
+                     help="Run on a crontab, for example '*/5 * * * *' or '30 7 * * mon'."),
+        click.option("--tz", metavar="ZONE", help="IANA timezone of --cron (default: the app's "
+                     "timezone, else UTC), or of a naive --at time."),
+        click.option("--at", metavar="ISO-DATETIME",
+                     help="Run once at this time (naive means UTC, or --tz); implies --one-off."),
+        click.option("--solar", nargs=3, metavar="EVENT LAT LON",
+                     help="Run at a solar event (sunrise, sunset, solar_noon, dawn_civil, ...)."),
+        click.option("--args", metavar="JSON", help="Positional arguments, a JSON array."),
+        click.option("--kwargs", metavar="JSON", help="Keyword arguments, a JSON object."),
+        click.option("--queue", metavar="QUEUE", help="Queue to send to ('' clears it)."),
+        click.option("--exchange", metavar="EXCHANGE", help="Exchange to send to ('' clears it)."),
+        click.option("--routing-key", metavar="KEY", help="Routing key ('' clears it)."),
+        click.option("--headers", metavar="JSON", help="Message headers, a JSON object."),
+        click.option("--priority", type=int, metavar="N", help="Message priority, 0-255."),
+        click.option("--expires", metavar="SECONDS|ISO-DATETIME",
+                     help="Each message expires SECONDS after it is sent; or stop sending the "
+                     "task after ISO-DATETIME ('none' clears it)."),
+        click.option("--start-time", metavar="ISO-DATETIME", help="Do not run before this time."),
+        click.option("--one-off/--no-one-off", "one_off", default=None,
+                     help="Disable the task after its next run."),
+        click.option("--enabled/--disabled", "enabled", default=None, help="Enable or disable the task."),
+        click.option("--description", metavar="TEXT", help="A description."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def _summary(session: Session, task: PeriodicTask) -> str:
+    from . import describe
+
+    next_run, error = _next_run(session, task)
+    if error:
+        state = f"cannot be scheduled: {error}"
+    elif not task.enabled:
+        state = "disabled"
+    else:
+        state = f"next run {_when(next_run)} UTC" if next_run else "no further runs"
+    return f"{task.name!r} ({task.task}): {describe.task(task)}; {state}"
+
+
+@command()
+@click.argument("name")
+@click.argument("task")
+@task_options
+@pass_context
+def add(obj: Context, /, name: str, task: str, **options: Any) -> None:
+    """Add the periodic task NAME, which sends the Celery task TASK on one schedule:
+    --every, --cron, --at or --solar.
+
+    \b
+    Examples:
+      beatsqlalchemy add heartbeat tasks.ping --every 30s
+      beatsqlalchemy add report tasks.report --cron '30 7 * * mon' --tz Europe/Berlin \\
+          --kwargs '{"format": "pdf"}' --queue reports
+      beatsqlalchemy add launch tasks.launch --at 2030-01-31T09:00:00Z
+      beatsqlalchemy add lights tasks.lights_on --solar sunset 52.52 13.405 --disabled
+    """
+    from . import api
+
+    fields = _fields(obj, options)
+    if not any(kind in fields for kind in ("interval", "crontab", "clocked", "solar")):
+        raise InputError("schedule: missing; give one of --every, --cron, --at, --solar "
+                         f"(see '{click.get_current_context().command_path} --help')")
+    with obj.session() as session:
+        saved = api.create_task(session, name, task, **fields)
+        click.echo(f"added {_summary(session, saved)}")
+
+
+@command()
+@click.argument("name")
+@click.option("--task", metavar="TASK", help="The Celery task to send.")
+@task_options
+@pass_context
+def edit(obj: Context, /, name: str, **options: Any) -> None:
+    """Change the periodic task NAME: only the options given change. A new schedule
+    (--every, --cron, --at, --solar) replaces the old one; --tz alone moves a crontab
+    to another timezone.
+
+    \b
+    Examples:
+      beatsqlalchemy edit heartbeat --every 1m
+      beatsqlalchemy edit report --tz America/New_York --priority 5
+      beatsqlalchemy edit report --args '[1, 2]' --queue ''
+    """
+    from . import api
+
+    with obj.session() as session:
+        existing = api.get_task(session, name)
+        fields = _fields(obj, options, existing.schedule_row)
+        if not fields:
+            raise InputError(f"nothing to change; give at least one option (see "
+                             f"'{click.get_current_context().command_path} --help')")
+        source = existing.source
+        saved = api.update_task(session, name, **fields)
+        click.echo(f"changed {_summary(session, saved)}")
+        if source == api.CONFIG_SOURCE and set(fields) - {"enabled", "description"}:
+            click.echo(f"note: {name!r} comes from beat_schedule, which sets its task, schedule, "
+                       "args, kwargs and options again when beat starts", err=True)
+
+
+@command()
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@pass_context
+def enable(obj: Context, names: tuple[str, ...]) -> None:
+    """Enable tasks; each runs next at its next slot (no stale catch-up).
+
+    \b
+    Example:
+      beatsqlalchemy enable report heartbeat
+    """
+    from . import api
+
+    with obj.session() as session:
+        for task in api.enable_tasks(session, names):
+            click.echo(f"enabled {_summary(session, task)}")
+
+
+@command()
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@pass_context
+def disable(obj: Context, names: tuple[str, ...]) -> None:
+    """Disable tasks (a running beat stops sending them within its sync interval).
+
+    \b
+    Example:
+      beatsqlalchemy disable report heartbeat
+    """
+    from . import api
+
+    with obj.session() as session:
+        for task in api.disable_tasks(session, names):
+            click.echo(f"disabled {task.name!r}")
+
+
+@command()
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@pass_context
+def remove(obj: Context, names: tuple[str, ...]) -> None:
+    """Delete tasks. All or nothing: if one name does not exist, none is deleted.
+
+    \b
+    Example:
+      beatsqlalchemy remove report heartbeat
+    """
+    from sqlalchemy import select
+
+    from . import api
+    from .models import PeriodicTask
+
+    with obj.session() as session:
+        from_config = set(session.scalars(select(PeriodicTask.name).where(
+            PeriodicTask.name.in_(names), PeriodicTask.source == api.CONFIG_SOURCE)))
+        for name in api.delete_tasks(session, names):
+            click.echo(f"removed {name!r}")
+            if name in from_config:
+                click.echo(f"note: {name!r} comes from beat_schedule; beat installs it again when "
+                           "it starts unless it is removed from beat_schedule (or use `disable`)",
+                           err=True)
+
+
+@command()
+@click.argument("name")
+@pass_context
+def run(obj: Context, name: str) -> None:
+    """Send one run of NAME now, through the app's broker (needs -A/--app), whether the
+    task is enabled or not. The run is recorded in the run log and counted; the next
+    scheduled run does not move.
+
+    \b
+    Examples:
+      beatsqlalchemy -A proj run nightly-report
+      celery -A proj beatsqlalchemy run nightly-report
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from . import api
+    from .db import redact
+
+    app = obj.app(needed_for="run")
+    assert app is not None
+    with obj.session() as session:
+        task_name = api.get_task(session, name).task
+        try:
+            sent = api.run_now(session, app, name, sent_by=api.default_sender("cli"))
+        except (ValidationError, TaskNotFound, SQLAlchemyError):
+            raise
+        except Exception as exc:  # the broker's
+            broker = redact(str(app.conf.broker_url or "amqp://localhost//"))
+            raise Failure(f"could not send {name!r} through the broker {broker}: "
+                          f"{type(exc).__name__}: {exc}") from None
+        click.echo(f"sent {name!r} ({task_name}) as task id {sent.task_id}")
+
+
+# -- export and import -------------------------------------------------------------------
+
+@command("export")
+@pass_context
+def export_(obj: Context) -> None:
+    """Print every task's definition as JSON (no run state), sorted by name; `import`
+    reads it back.
+
+    \b
+    Examples:
+      beatsqlalchemy export > tasks.json
+      beatsqlalchemy --url postgresql+psycopg://beat@db/celery import tasks.json
+    """
+    from . import api
+
+    with obj.session() as session:
+        _echo_json(api.export_tasks(session))
+
+
+@command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8"), required=False)
+@click.option("--from-app", is_flag=True,
+              help="Install the app's beat_schedule instead, as beat does when it starts.")
+@pass_context
+def import_(obj: Context, file: IO[str] | None, from_app: bool) -> None:
+    """Create or update the tasks in FILE (JSON written by `export`; '-' reads stdin), in
+    one transaction: nothing is written if one entry is invalid. Tasks not in FILE are
+    left alone.
+
+    \b
+    Examples:
+      beatsqlalchemy import tasks.json
+      beatsqlalchemy export | beatsqlalchemy --url sqlite:///copy.sqlite3 import -
+      beatsqlalchemy -A proj import --from-app
+    """
+    from . import api
+
+    see = f"(see '{click.get_current_context().command_path} --help')"
+    if file is not None and from_app:
+        raise InputError(f"file: give a FILE or --from-app, not both {see}")
+    if file is None and not from_app:
+        raise InputError(f"file: missing; give a FILE ('-' reads stdin) or --from-app {see}")
+    if from_app:
+        _install_from_app(obj)
+        return
+    assert file is not None
+    try:
+        entries = json.load(file)
+    except ValueError as exc:
+        raise InputError(f"file: invalid value {file.name!r}: not valid JSON: {exc}") from None
+    with obj.session() as session:
+        created, updated = api.import_tasks(session, entries)
+    click.echo(f"imported {created + updated} task(s): {created} created, {updated} updated")
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _install_from_app(obj: Context) -> None:
+    from . import api
+    from .config import BeatConfig
+
+    app = obj.app(needed_for="import --from-app")
+    assert app is not None
+    entries = {**api.default_entries(app), **(app.conf.beat_schedule or {})}
+    collect = _Collect()
+    logger = logging.getLogger(api.__name__)
+    logger.addHandler(collect)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        with obj.session() as session:
+            installed, retired = api.install_config_schedule(
+                session, entries, BeatConfig.from_app(app).remove_missing_config_tasks
+            )
+    finally:
+        logger.removeHandler(collect)
+        logger.propagate = propagate
+    click.echo(f"installed {installed} task(s) from beat_schedule, retired {retired}")
+    if collect.messages:
+        for message in collect.messages[:-1]:
+            click.echo(f"error: {message.removeprefix('beat: ')}", err=True)
+        raise InputError(collect.messages[-1].removeprefix("beat: "))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -16,10 +16,19 @@ _lock = threading.Lock()
 _engines: dict[tuple[int, str, str, float | None], Engine] = {}
 
 
+#: query-string keys whose values are masked too (``?password=``, ``?sslpassword=``, ...)
+_SECRET_WORDS = ("pass", "pwd", "secret", "token")
+
+
 def redact(url: str) -> str:
-    """The URL with its password masked, for logs and messages."""
+    """The URL with its password, and secret-looking query values, masked."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        query = {
+            key: "***" if any(word in key.lower() for word in _SECRET_WORDS) else value
+            for key, value in parsed.query.items()
+        }
+        return parsed.set(query=query).render_as_string(hide_password=True)
     except Exception:  # an unparsable URL: show nothing that may be secret
         return "<unparsable database URL>"
 

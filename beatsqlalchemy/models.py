@@ -563,23 +563,30 @@ class PeriodicTask(Base):
         values = {**(defaults or {}), **fields}
         name = as_name("name", name if name is not None else values.pop("name", None))
         values.pop("name", None)
-        try:
-            prepare_write(session)
-            task = session.scalars(select(cls).where(cls.name == name)).one_or_none()
-            created = task is None
-            if task is None:
-                given = values.pop("task", None)  # the task defaults to the name
-                task = cls(name=name, task=name if given is None else given)
-            apply_fields(session, task, values)
-            session.add(task)
-            if commit:
-                session.commit()
-            else:
-                session.flush()
-        except BaseException:
-            session.rollback()
-            raise
-        return task, created
+        for attempt in (1, 2):
+            try:
+                prepare_write(session)
+                task = session.scalars(select(cls).where(cls.name == name)).one_or_none()
+                created = task is None
+                if task is None:
+                    given = values.get("task")  # the task defaults to the name
+                    task = cls(name=name, task=name if given is None else given)
+                apply_fields(session, task, dict(values, task=task.task) if created else values)
+                session.add(task)
+                if commit:
+                    session.commit()
+                else:
+                    session.flush()
+                return task, created
+            except IntegrityError:
+                session.rollback()
+                if attempt == 2 or not created:
+                    raise
+                # another writer created the same name meanwhile: update that row instead
+            except BaseException:
+                session.rollback()
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 class PeriodicTaskRun(Base):

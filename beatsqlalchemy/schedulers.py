@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
+import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,7 +28,52 @@ from .store import Run, Store
 
 logger = logging.getLogger(__name__)
 
-MAX_RETRY_DELAY = 30.0
+#: retries back off from 0.5 s to this, so beat is back within a second of the database
+MAX_RETRY_DELAY = 1.0
+
+
+#: ``celery beat`` raises SystemExit from its handlers of these, wherever the process is
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def shutdown_deferred() -> Iterator[None]:
+    """Hold SIGTERM/SIGINT until the block is done, so that beat never exits between the
+    broker accepting a claimed run and the run log recording it as sent (another beat
+    would publish it again) nor between a claim and its publish (the run would wait for
+    the claim timeout). A second signal is not held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Any] = {signum: signal.getsignal(signum) for signum in SHUTDOWN_SIGNALS}
+    if any(handler is None for handler in previous.values()):  # not restorable from Python
+        yield
+        return
+    held: list[tuple[int, Any]] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        if held:  # asked twice: stop now
+            held.clear()
+            _deliver(previous[signum], signum, frame)
+        held.append((signum, frame))
+
+    for signum in previous:
+        signal.signal(signum, hold)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            _deliver(previous[held[0][0]], *held[0])
+
+
+def _deliver(handler: Any, signum: int, frame: Any) -> None:
+    if callable(handler):
+        handler(signum, frame)
+    elif handler == signal.SIG_DFL:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
 
 def describe(exc: BaseException) -> str:
@@ -45,7 +95,9 @@ class DatabaseScheduler(Scheduler):
         self.config = BeatConfig.from_app(app)
         self.engine = get_engine(
             self.config.url, self.config.engine_options,
-            idle_transaction_timeout=max(self.config.claim_timeout / 2, 1.0),
+            # beat's own transactions last milliseconds: a stalled process loses its row
+            # locks after a second or two, long before its claims go stale
+            idle_transaction_timeout=min(max(self.config.claim_timeout / 2, 1.0), 2.0),
         )
         self.store = Store(self.engine, self.config.identity)
         #: (due timestamp, task id, next_run_at as read): the near window only
@@ -58,6 +110,8 @@ class DatabaseScheduler(Scheduler):
         self._retry_delay = 0.0
         self._bad_rows: dict[str, str] = {}
         self._next_prune = 0.0
+        #: runs the broker accepted whose "sent" could not be recorded yet: (run ids, token)
+        self._unrecorded: list[tuple[list[int], str]] = []
         #: created by ``celery beat`` (its service always passes a schedule file name)
         self._in_beat = kwargs.pop("schedule_filename", None) is not None
         super().__init__(app, *args, **kwargs)
@@ -117,11 +171,13 @@ class DatabaseScheduler(Scheduler):
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Sync when it is time, claim and send what is due, say how long to sleep."""
         if time.monotonic() >= self._next_sync:
-            self._sync()
+            with shutdown_deferred():
+                self._sync()
         heap = self._window
         now = time.time()
         if heap and heap[0][0] <= now and self._outage_since is None:
-            self._run_due(now)
+            with shutdown_deferred():
+                self._run_due(now)
             now = time.time()
         wait: float = min(self._next_sync - time.monotonic(), float(self.max_interval))
         if heap:
@@ -135,6 +191,10 @@ class DatabaseScheduler(Scheduler):
                 return
             if not self._prepared:
                 self._install_config()
+            while self._unrecorded:  # before any take-over, or they would be sent again
+                run_ids, token = self._unrecorded[0]
+                self.store.mark_sent(run_ids, now, token)
+                self._unrecorded.pop(0)
             until = now + timedelta(seconds=self.config.window)
             stale_before = now - timedelta(seconds=self.config.claim_timeout)
             limit = self.config.batch_size * 10
@@ -228,8 +288,12 @@ class DatabaseScheduler(Scheduler):
         mine: set[int] | None = None
         for index, run in enumerate(runs):
             if time.monotonic() - claimed > self.config.claim_timeout / 2:
-                pending = runs[index:]
+                pending = [r for r in runs[index:] if mine is None or r.run_id in mine]  # lost: said once
                 try:
+                    # record what the broker already accepted first: those claims are not
+                    # renewed below, so another beat would soon publish them again
+                    self.store.mark_sent(sent, sched.utcnow(), token)
+                    sent = []
                     mine = self.store.confirm([r.run_id for r in pending], token, sched.utcnow())
                 except SQLAlchemyError as exc:  # cannot tell: another beat will publish them
                     self._db_failed(exc, "confirming claims")
@@ -244,9 +308,12 @@ class DatabaseScheduler(Scheduler):
                 continue
             if self._send(run):
                 sent.append(run.run_id)
+        if not sent:
+            return
         try:
             self.store.mark_sent(sent, sched.utcnow(), token)
-        except SQLAlchemyError as exc:
+        except SQLAlchemyError as exc:  # recorded at the next sync that reaches the database
+            self._unrecorded.append((sent, token))
             self._db_failed(exc, "recording sent runs")
 
     def _send(self, run: Run) -> bool:

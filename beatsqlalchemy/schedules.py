@@ -2,8 +2,10 @@
 
 Crontabs are evaluated in their own IANA timezone, one run per matching local
 wall-clock time: a time skipped by a spring-forward change runs once, at the
-same UTC offset it would have had before the change, and a time repeated by a
-fall-back change runs once, at its first occurrence.
+same UTC offset it would have had before the change; a time repeated by a
+fall-back change runs once, at its first occurrence, for crontabs that name
+their hours, and at both occurrences for crontabs that run every hour (as cron
+does), so that no real hour goes without its runs.
 """
 
 from __future__ import annotations

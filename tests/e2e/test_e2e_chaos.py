@@ -1,0 +1,132 @@
+"""Three real beats on one database while beats are killed, paused and restarted at random.
+
+There is no worker: the test reads every task message from the real Redis broker
+itself and compares them with the run log (see ``benchmarks/chaos.py``, shared with
+``benchmarks/ha_chaos.py``). The bar: no run sent twice, none lost, and no task's runs
+interrupted for longer than the claim timeout plus 2 s; with one beat killed for good,
+the other two keep every task on time. The only duplicates allowed are runs proven in
+flight at a kill -9 or SIGSTOP: on the broker, not yet recorded as sent (no scheduler
+can tell those from runs never published, so they are published again: same task id).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+from e2e_harness import Processes
+from sqlalchemy import func, select
+
+from beatsqlalchemy import db, migrate
+from beatsqlalchemy.models import PeriodicTaskRun
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import chaos
+
+pytestmark = pytest.mark.e2e
+
+CLAIM_TIMEOUT = 3.0
+#: seconds of chaos (the bar asks for at least 60)
+CHAOS_SECONDS = float(os.environ.get("BEAT_E2E_CHAOS_SECONDS", "60"))
+#: a fixed seed replays the same choices of beats and actions
+SEED = int(os.environ["BEAT_E2E_CHAOS_SEED"]) if os.environ.get("BEAT_E2E_CHAOS_SEED") else None
+TASKS = 50
+#: a run is on time when its message reaches the broker within this long after its slot
+ON_TIME = 1.0
+#: the longest pause between two messages of a task while two beats are healthy
+HEALTHY_GAP = 1.5
+
+servers = pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+
+
+@pytest.fixture
+def scenario(processes: Processes, redis_url: str, empty_db_url: str, tmp_path: Path
+             ) -> Iterator[chaos.Scenario]:
+    """Three beats (not started yet) on a fresh, migrated database and the Redis broker."""
+    migrate.upgrade(db.get_engine(empty_db_url))
+    with chaos.Scenario(empty_db_url, redis_url, tmp_path, tasks=TASKS, beats=3,
+                        claim_timeout=CLAIM_TIMEOUT, seed=SEED, processes=processes) as running:
+        yield running
+
+
+@servers
+def test_kills_pauses_and_restarts_never_send_a_run_twice_or_lose_one(
+    backend: str, scenario: chaos.Scenario
+) -> None:
+    scenario.start()
+    time.sleep(3)
+    scenario.chaos(CHAOS_SECONDS)
+    result = scenario.finish(backend)
+    report = result.summary()
+    print(report)  # the table, shown with -s or -rA
+
+    done = Counter(action.kind for action in result.actions)
+    assert done["kill -9"] >= 3 and done["SIGSTOP"] >= 3 and done["restart"] >= 3, report
+    # The one duplicate no beat can prevent: a kill -9 or SIGSTOP landing after the broker
+    # accepted a run and before the run log recorded it as sent. The claim then times out
+    # and another beat publishes the run again, with the same task id. Each such copy is
+    # proven in flight (received within IN_FLIGHT of the hit on the beat it was taken over
+    # from); any other duplicate fails.
+    unexplained = [d for d in result.duplicates if not d.in_flight]
+    assert unexplained == [], report
+    assert result.duplicate_slots == result.duplicate_ids, report
+    assert result.unlogged == [], report
+    assert result.lost == [], report
+    assert result.longest_gap <= CLAIM_TIMEOUT + 2, report
+    assert result.longest_delay <= CLAIM_TIMEOUT + 2, report
+    # every task ran about once a second all along (a paused beat's lock may skip a slot)
+    received = sum(1 for runs in result.runs.values() for _, _, at in runs if at is not None)
+    assert received >= 0.95 * TASKS * result.duration, report
+    # what the broker holds is a Celery task message with the run's id
+    assert {m.task for m in scenario.reader.messages} == {chaos.TASK_NAME}, report
+    assert all(m.headers["id"] == m.id and m.headers.get("celery_beat_task") is True
+               for m in scenario.reader.messages), report
+    assert sorted({m.args[0] for m in scenario.reader.messages}) == list(range(TASKS))
+
+
+@servers
+def test_with_one_beat_killed_for_good_the_other_two_keep_every_task_on_time(
+    backend: str, scenario: chaos.Scenario
+) -> None:
+    scenario.start()
+    time.sleep(6)
+    with scenario.engine.connect() as connection:  # kill the beat that sent the most so far
+        busiest = connection.execute(
+            select(PeriodicTaskRun.sent_by).group_by(PeriodicTaskRun.sent_by)
+            .order_by(func.count().desc()).limit(1)
+        ).scalar_one()
+    index = next(i for i, beat in enumerate(scenario.beats) if beat.identity == busiest)
+    kill = scenario.kill_for_good(index)
+    killed_at = scenario.t0 + kill.at
+    time.sleep(20)
+    result = scenario.finish(backend)
+    report = result.summary()
+
+    assert result.senders.get(kill.identity, 0) > 0, report
+    # at most the runs in flight at the kill are sent twice (see the test above)
+    assert all(d.in_flight and d.hit == kill for d in result.duplicates), report
+    assert result.duplicate_slots == result.duplicate_ids, report
+    assert result.lost == [] and result.unlogged == [], report
+    # the runs the killed beat had claimed but not sent: re-published once its claim timed out
+    for takeover in result.takeovers:
+        assert takeover.previous == kill.identity, report
+        assert takeover.slot.timestamp() < killed_at, report
+    late = {(t.name, t.slot) for t in result.takeovers}
+    for name, runs in result.runs.items():
+        for slot, _, at in runs:
+            if (name, slot) in late:
+                assert at is not None and at - slot.timestamp() <= CLAIM_TIMEOUT + 2, report
+        # every slot due after the kill is claimed by the other two beats, on time, none skipped
+        after = [(slot.timestamp(), at) for slot, _, at in runs if slot.timestamp() >= killed_at]
+        assert len(after) >= 18, (name, report)
+        assert all(round(b[0] - a[0]) == 1 for a, b in pairwise(after)), (name, after, report)
+        for slot_at, at in after:
+            assert at is not None and at - slot_at <= ON_TIME, (name, slot_at, at, report)
+        gaps = [b - a for a, b in pairwise(sorted(at for _, at in after if at is not None))]
+        assert max(gaps) <= HEALTHY_GAP, (name, max(gaps), report)

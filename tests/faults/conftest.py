@@ -1,0 +1,266 @@
+"""Fixtures of the fault suite: the Redis broker, new databases, TCP proxies in front of
+the database servers, real beat processes behind them (started with
+``tests/e2e/e2e_harness.py``), and the table of injected faults printed at the end.
+
+Server URLs come from ``BEAT_TEST_POSTGRESQL_URL`` / ``BEAT_TEST_MYSQL_URL`` (as in
+``tests/conftest.py``), the broker from ``BEAT_TEST_REDIS_URL`` (default
+``redis://127.0.0.1:6379/12``; the tests flush that database). On a failure, the logs of
+every process a test started are added to the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import make_url
+
+from beatsqlalchemy import db, migrate
+from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "e2e"))
+from e2e_harness import APP_MODULE, CeleryProcess, Cluster, Processes, wait_for
+
+from .proxy import Proxy, QueueReader
+
+REDIS_URL = os.environ.get("BEAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
+SERVER_URLS = {
+    "postgresql": os.environ.get("BEAT_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
+    "mysql": os.environ.get("BEAT_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+}
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+LOG_TAIL = 200
+#: the Celery task every test task sends (the harness's app defines it)
+TASK = "e2e.record"
+#: the harness's app, plus the settings a test passes as JSON in ``E2E_EXTRA_CONF``
+APP_WITH_EXTRA = APP_MODULE + '\napp.conf.update(json.loads(os.environ.get("E2E_EXTRA_CONF") or "{}"))\n'
+
+PROCESSES_KEY = pytest.StashKey[Processes]()
+
+#: one row per fault injected (see ``fault_table``), printed at the end of the run
+FAULT_ROWS: list[dict[str, Any]] = []
+FAULT_COLUMNS = ("backend", "fault", "outage (s)", "noticed after (s)", "first send after restore (s)",
+                 "sent during cut", "max catch-up/task", "duplicates", "lost", "crashes",
+                 "log lines (start/end)")
+
+
+def unavailable(reason: str) -> None:
+    """Skip a test whose service is missing, or fail it in CI."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing service is a failure)")
+    pytest.skip(reason)
+
+
+# -- services -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def redis_url() -> str:
+    """The Redis broker URL, its database flushed."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.flushdb()
+    except redis.RedisError as exc:
+        unavailable(f"Redis at {REDIS_URL} is unavailable: {exc}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+def admin_engine(backend: str) -> Any:
+    """An AUTOCOMMIT engine on the server's administrative database."""
+    return create_engine(make_url(SERVER_URLS[backend]), isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture
+def make_database() -> Iterator[Callable[..., str]]:
+    """Makes a new database on a server (``postgresql`` or ``mysql``), migrated to head
+    unless ``migrated=False``; returns its URL (as the server's admin user). Dropped at
+    teardown."""
+    created: list[tuple[str, Any, str]] = []
+
+    def make(backend: str, migrated: bool = True) -> str:
+        admin = admin_engine(backend)
+        name = f"bsa_faults_{uuid.uuid4().hex[:10]}"
+        try:
+            with admin.connect() as connection:
+                connection.execute(text(f"CREATE DATABASE {name}"))
+        except Exception as exc:
+            admin.dispose()
+            unavailable(f"{backend} at {db.redact(SERVER_URLS[backend])} is unavailable: {exc}")
+        created.append((backend, admin, name))
+        url = admin.url.set(database=name).render_as_string(hide_password=False)
+        if migrated:
+            migrate.upgrade(db.get_engine(url))
+        return str(url)
+
+    yield make
+    db.dispose_all()
+    for backend, admin, name in created:
+        force = " WITH (FORCE)" if backend == "postgresql" else ""
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {name}{force}"))
+        admin.dispose()
+
+
+@pytest.fixture
+def make_proxy() -> Iterator[Callable[[str], Proxy]]:
+    """Makes a proxy in front of the server of a database URL; all closed at teardown."""
+    proxies: list[Proxy] = []
+
+    def make(url: str) -> Proxy:
+        parsed = make_url(url)
+        default = 5432 if parsed.get_backend_name() == "postgresql" else 3306
+        proxy = Proxy(parsed.port or default, parsed.host or "127.0.0.1")
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+@pytest.fixture
+def processes(request: pytest.FixtureRequest, tmp_path: Path) -> Processes:
+    """Celery processes stopped at teardown; their logs go into the report on failure."""
+    group = Processes(tmp_path)
+    request.node.stash[PROCESSES_KEY] = group
+    request.addfinalizer(group.stop_all)
+    return group
+
+
+# -- a real beat behind a proxy -----------------------------------------------------------------
+
+class BeatBehindProxy:
+    """A real ``celery beat -S beatsqlalchemy`` whose database is reached through a
+    proxy, the tasks it runs and the messages it sent (read from the broker)."""
+
+    def __init__(
+        self, backend: str, direct_url: str, proxy: Proxy, processes: Processes, redis_url: str, root: Path,
+        *, beat_url: str | None = None, sync_interval: float | None = None,
+        conf: dict[str, Any] | None = None,
+    ) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.backend = backend
+        #: the database as its owner sees it, not through the proxy (setup and checks)
+        self.direct_url = direct_url
+        self.proxy = proxy
+        self.processes = processes
+        self.beat_url = proxy.url(beat_url or direct_url)
+        queue = f"faults-{uuid.uuid4().hex[:10]}"
+        self.cluster = Cluster(root, redis_url, self.beat_url, queue=queue)
+        (root / "e2eapp.py").write_text(APP_WITH_EXTRA, encoding="utf-8")
+        self.cluster.env["E2E_EXTRA_CONF"] = json.dumps(conf or {})
+        if sync_interval is not None:
+            self.cluster.env["E2E_SYNC_INTERVAL"] = str(sync_interval)
+        self.reader = QueueReader(redis_url, queue)
+        #: name -> every (seconds) of the tasks created by ``create_tasks``
+        self.tasks: dict[str, int] = {}
+        self.beat: CeleryProcess | None = None
+
+    def create_tasks(self, tasks: dict[str, int], url: str | None = None) -> None:
+        """Interval tasks ``name -> every seconds`` sending ``e2e.record(name)``, written
+        directly (or as the user of ``url``)."""
+        with db.session_factory(db.get_engine(url or self.direct_url))() as session:
+            for name, every in tasks.items():
+                PeriodicTask.update_or_create(session, name=name, defaults={
+                    "task": TASK, "interval": {"every": every, "period": "seconds"}, "args": [name],
+                })
+        self.tasks.update(tasks)
+
+    def start(self, wait: bool = True) -> CeleryProcess:
+        """Start consuming the queue, then the beat (by default, wait for its first sync)."""
+        self.reader.start()
+        self.beat = self.cluster.beat(wait=wait)
+        self.processes.processes.append(self.beat)  # stopped, and its log reported, by the fixture
+        return self.beat
+
+    def wait_steady(self, runs: int = 2, timeout: float = 20) -> None:
+        """Wait until every task created by ``create_tasks`` was sent ``runs`` times."""
+
+        def enough() -> bool:
+            counts = Counter(m.args[0] for m in self.reader.messages if m.args)
+            return all(counts[name] >= runs for name in self.tasks)
+
+        wait_for(enough, timeout, f"{runs} runs of every task")
+
+    def log(self) -> str:
+        assert self.beat is not None
+        return self.beat.log()
+
+    def wait_log(self, pattern: re.Pattern[str], count: int = 1, timeout: float = 5) -> float:
+        """Wait until ``pattern`` was logged ``count`` times; returns when it was seen."""
+        wait_for(lambda: len(pattern.findall(self.log())) >= count, timeout,
+                 f"beat to log {pattern.pattern!r}", 0.02)
+        return time.time()
+
+    def run_log(self) -> dict[str, PeriodicTaskRun]:
+        """The run log by task id, read directly."""
+        with db.session_factory(db.get_engine(self.direct_url))() as session:
+            return {run.task_id: run for run in session.scalars(select(PeriodicTaskRun))}
+
+    def stop(self) -> bool:
+        """Stop beat (SIGTERM) and the reader; True when beat was still running."""
+        assert self.beat is not None
+        alive = self.beat.alive()
+        self.beat.stop()
+        time.sleep(0.3)
+        self.reader.stop()
+        self.reader.delete_queue()
+        return alive
+
+
+@pytest.fixture
+def beat_behind_proxy(make_database: Callable[..., str], make_proxy: Callable[[str], Proxy],
+                      processes: Processes, redis_url: str, tmp_path: Path) -> Callable[..., BeatBehindProxy]:
+    """Makes a beat (not started) behind a new proxy, on a new migrated database of
+    ``backend`` unless ``url`` names one."""
+
+    def make(backend: str, url: str | None = None, **options: Any) -> BeatBehindProxy:
+        url = url or make_database(backend)
+        root = tmp_path / f"{backend}-{uuid.uuid4().hex[:6]}"
+        return BeatBehindProxy(backend, url, make_proxy(url), processes, redis_url, root, **options)
+
+    return make
+
+
+# -- reporting ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def fault_table() -> list[dict[str, Any]]:
+    """Where tests add a row per fault injected; printed as a table at the end."""
+    return FAULT_ROWS
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not FAULT_ROWS:
+        return
+    terminalreporter.section("faults injected")
+    terminalreporter.write_line("| " + " | ".join(FAULT_COLUMNS) + " |")
+    terminalreporter.write_line("|" + "---|" * len(FAULT_COLUMNS))
+    for row in FAULT_ROWS:
+        terminalreporter.write_line("| " + " | ".join(str(row.get(c, "-")) for c in FAULT_COLUMNS) + " |")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    group = item.stash.get(PROCESSES_KEY, None)
+    if report.failed and group is not None:
+        for title, log in group.logs():
+            lines = log.splitlines()
+            shown = "\n".join(lines[-LOG_TAIL:])
+            cut = f"[... {len(lines) - LOG_TAIL} earlier lines]\n" if len(lines) > LOG_TAIL else ""
+            report.sections.append((f"log of {title}", cut + shown))
