@@ -15,6 +15,7 @@ from typing import Any
 
 from celery import Celery
 from celery.beat import Scheduler
+from celery.schedules import BaseSchedule
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import api
@@ -248,6 +249,9 @@ class DatabaseScheduler(Scheduler):
 
     def _install_config(self) -> None:
         entries = {**api.default_entries(self.app), **(self.app.conf.beat_schedule or {})}
+        for entry in entries.values():  # evaluate schedules in this app's timezone, as Celery does
+            if isinstance(entry.get("schedule"), BaseSchedule):
+                entry["schedule"].app = self.app
         with session_factory(self.engine)() as session:
             installed, retired = api.install_config_schedule(
                 session, entries, self.config.remove_missing_config_tasks

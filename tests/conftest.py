@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
+from celery import _state as celery_state
 from sqlalchemy import Engine, create_engine, delete, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -133,12 +134,15 @@ def session(engine: Engine) -> Iterator[Session]:
 
 @pytest.fixture
 def app(db_url: str) -> Iterator[Celery]:
-    """A Celery app on the test database, with an in-memory broker."""
+    """A Celery app on the test database, with an in-memory broker; the app that was
+    current before is current again afterwards (its timezone must not leak)."""
+    previous = celery_state.get_current_app()
     celery_app = Celery("tests", broker="memory://", backend="cache+memory://", set_as_current=True)
     celery_app.conf.beat_sqlalchemy_url = db_url
     celery_app.conf.beat_sqlalchemy_sync_interval = 0.2
     yield celery_app
     celery_app.close()
+    celery_state._set_current_app(previous)
 
 
 def clear_tables(engine: Engine) -> None:

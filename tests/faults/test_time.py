@@ -550,7 +550,7 @@ def tick_for(scheduler: DatabaseScheduler, seconds: float) -> None:
 
 
 def new_app(db_url: str, tz_name: str, enable_utc: bool) -> Celery:
-    app = Celery("tests", broker="memory://", backend="cache+memory://", set_as_current=True)
+    app = Celery("tests", broker="memory://", backend="cache+memory://", set_as_current=False)
     app.conf.update(
         timezone=tz_name, enable_utc=enable_utc, beat_sqlalchemy_url=db_url,
         beat_sqlalchemy_sync_interval=0.2,
