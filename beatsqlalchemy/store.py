@@ -11,14 +11,20 @@ from datetime import datetime
 from typing import Any, NamedTuple, TypeAlias
 
 from sqlalchemy import (
+    Boolean,
     Connection,
+    DateTime,
     Engine,
     Integer,
+    String,
     Table,
     Text,
+    any_,
     bindparam,
     cast,
+    column,
     delete,
+    func,
     insert,
     literal,
     null,
@@ -27,6 +33,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from . import schedules as sched
 from .db import begin_write
@@ -93,6 +100,123 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=sched.UTC)
 TASK_ID_NAMESPACE = uuid.UUID("6f2b8f52-3c4e-5b7a-9d1e-2a7c0e5b4f10")
 
 
+#: a claim: advance the row past its slot, only if it is still at the slot we saw
+_ADVANCE = (
+    update(TASKS)
+    .where(_C.id == bindparam("b_id"), _C.next_run_at == bindparam("b_slot", type_=_C.next_run_at.type))
+    .values(next_run_at=bindparam("b_next", type_=_C.next_run_at.type),
+            last_run_at=bindparam("b_now", type_=_C.last_run_at.type),
+            total_run_count=_C.total_run_count + 1, enabled=bindparam("b_enabled"))
+)
+#: a due row that cannot run (broken, expired): no next run, same compare-and-set
+_PARK = (
+    update(TASKS)
+    .where(_C.id == bindparam("b_id"), _C.next_run_at == bindparam("b_slot", type_=_C.next_run_at.type))
+    .values(next_run_at=None, enabled=bindparam("b_enabled"), schedule_error=bindparam("b_error"))
+)
+_INSERT_RUN = insert(RUNS)
+
+
+def _array(name: str, item_type: Any) -> Any:
+    """A PostgreSQL array parameter: a whole batch in one bound value."""
+    return cast(bindparam(name, type_=ARRAY(item_type)), ARRAY(item_type))
+
+
+def _unnest(*columns: tuple[str, Any]) -> Any:
+    """``unnest(array, ...) AS v(name, ...)``: parallel array parameters as rows."""
+    return (
+        func.unnest(*(_array(f"v_{name}", kind) for name, kind in columns))
+        .table_valued(*(column(name, kind) for name, kind in columns))
+        .render_derived(name="v")
+    )
+
+
+_V_CLAIM = _unnest(("id", Integer), ("slot", DateTime()), ("next", DateTime()), ("enabled", Boolean()))
+#: PostgreSQL: every claim of a batch in one conditional UPDATE, saying which matched
+_ADVANCE_ALL = (
+    update(TASKS)
+    .where(_C.id == _V_CLAIM.c.id, _C.next_run_at == _V_CLAIM.c.slot)
+    .values(next_run_at=_V_CLAIM.c.next, enabled=_V_CLAIM.c.enabled,
+            last_run_at=bindparam("b_now", type_=_C.last_run_at.type),
+            total_run_count=_C.total_run_count + 1)
+    .returning(_C.id)
+)
+_V_RUN = _unnest(("task_pk", Integer), ("name", String()), ("slot", DateTime()), ("task_id", String()))
+#: PostgreSQL: the run-log rows of a batch in one INSERT
+_INSERT_ALL = insert(RUNS).from_select(
+    ["periodic_task_id", "periodic_task_name", "slot", "task_id", "state", "sent_by", "claim_token",
+     "claimed_at"],
+    select(_V_RUN.c.task_pk, _V_RUN.c.name, _V_RUN.c.slot, _V_RUN.c.task_id, literal(CLAIMED),
+           bindparam("b_by", type_=String()), bindparam("b_token", type_=String()),
+           bindparam("b_now", type_=RUNS.c.claimed_at.type)),
+).returning(RUNS.c.id, RUNS.c.periodic_task_id)
+
+
+def _naive(moment: datetime | None) -> datetime | None:
+    return None if moment is None else sched.as_utc(moment).replace(tzinfo=None)
+
+
+def _among(id_column: Any, ids: Sequence[int], dialect: str) -> Any:
+    """``id_column`` is one of ``ids``: one array parameter on PostgreSQL, integer
+    literals elsewhere (a thousand placeholders cost more than the query)."""
+    if dialect == "postgresql":
+        return id_column == any_(cast(bindparam("b_ids", list(ids), type_=ARRAY(Integer)), ARRAY(Integer)))
+    return id_column.in_(bindparam("b_ids", [int(i) for i in ids], expanding=True, literal_execute=True))
+
+
+def _advance(connection: Connection, params: list[dict[str, Any]], now: datetime) -> set[int]:
+    """Claim every due row in ``params`` (compare-and-set on its slot); the ids that
+    matched. The rows are locked (or, on SQLite, the database is), so all match in
+    practice; where only a counted total is known and it falls short, the batch is
+    undone and each row is tried alone."""
+    if not params:
+        return set()
+    if connection.dialect.name == "postgresql":
+        return set(connection.scalars(_ADVANCE_ALL, {
+            "b_now": now, "v_id": [p["b_id"] for p in params],
+            "v_slot": [_naive(p["b_slot"]) for p in params],
+            "v_next": [_naive(p["b_next"]) for p in params],
+            "v_enabled": [p["b_enabled"] for p in params],
+        }))
+    params = [{**p, "b_now": now} for p in params]
+    if len(params) > 1 and connection.dialect.supports_sane_multi_rowcount:
+        with connection.begin_nested() as savepoint:
+            if connection.execute(_ADVANCE, params).rowcount == len(params):
+                return {p["b_id"] for p in params}
+            savepoint.rollback()
+    return {p["b_id"] for p in params if connection.execute(_ADVANCE, p).rowcount == 1}
+
+
+def _insert_runs(
+    connection: Connection, runs: Sequence[Run], identity: str, token: str, now: datetime,
+) -> None:
+    """Log the claimed ``runs`` in as few statements as the database allows and give
+    each its run-log id."""
+    if not runs:
+        return
+    if connection.dialect.name == "postgresql":
+        ids = dict((task_pk, run_id) for run_id, task_pk in connection.execute(_INSERT_ALL, {
+            "b_by": identity, "b_token": token, "b_now": now,
+            "v_task_pk": [r.task_pk for r in runs], "v_name": [r.name for r in runs],
+            "v_slot": [_naive(r.slot) for r in runs], "v_task_id": [r.task_id for r in runs],
+        }))
+        for run in runs:
+            run.run_id = ids[run.task_pk]
+        return
+    params = [
+        {"periodic_task_id": r.task_pk, "periodic_task_name": r.name, "slot": r.slot, "task_id": r.task_id,
+         "state": CLAIMED, "sent_by": identity, "claim_token": token, "claimed_at": now}
+        for r in runs
+    ]
+    if len(params) > 1 and connection.dialect.insert_executemany_returning_sort_by_parameter_order:
+        statement = _INSERT_RUN.returning(RUNS.c.id, sort_by_parameter_order=True)
+        for run, run_id in zip(runs, connection.scalars(statement, params), strict=True):
+            run.run_id = run_id
+        return
+    for run, values in zip(runs, params, strict=True):
+        run.run_id = connection.execute(_INSERT_RUN, values).inserted_primary_key[0]  # type: ignore[index]
+
+
 def run_task_id(task_pk: int, slot: datetime) -> str:
     """The Celery task id of a run: the same wherever and however often it is sent."""
     return str(uuid.uuid5(TASK_ID_NAMESPACE, f"{task_pk}@{sched.as_utc(slot).isoformat()}"))
@@ -150,6 +274,7 @@ class Store:
         self.engine = engine
         self.identity = identity
         self._lock_rows = engine.dialect.name != "sqlite"  # SQLite: BEGIN IMMEDIATE instead
+        self._dialect = engine.dialect.name
 
     # -- reading --------------------------------------------------------------
 
@@ -198,65 +323,55 @@ class Store:
     # -- claim ----------------------------------------------------------------
 
     def claim(self, due: Sequence[tuple[int, datetime]], now: datetime) -> ClaimResult:
-        """Claim the runs ``(task id, next_run_at seen)`` in one transaction: each row is
-        advanced only if its ``next_run_at`` is still the value seen (compare-and-set),
-        and each claim is logged; a run lost to another beat is simply left out."""
+        """Claim the runs ``(task id, next_run_at seen)`` in one transaction and a handful
+        of round trips, however many there are: each row is advanced only if its
+        ``next_run_at`` is still the value seen (compare-and-set), and each claim is
+        logged; a run lost to another beat is simply left out."""
         token = uuid.uuid4().hex
         result = ClaimResult(token=token)
         seen = dict(due)
         with begin_write(self.engine) as connection:
-            query = select(*_SEND_COLUMNS).where(_C.id.in_(list(seen)), _C.enabled == true())
+            query = select(*_SEND_COLUMNS).where(
+                _among(_C.id, list(seen), self._dialect), _C.enabled == true()
+            )
             if self._lock_rows:
                 query = query.with_for_update(skip_locked=True)
             rows = [r for r in connection.execute(query).all() if r.next_run_at == seen[r.id]]
+            if not rows:
+                return result
             specs = _load_specs(connection, rows)
+            advanced: list[dict[str, Any]] = []
+            parked: list[dict[str, Any]] = []
+            pending: list[Run] = []
             for row in rows:
-                self._claim_row(connection, row, specs, now, token, result)
+                slot: datetime = row.next_run_at
+                try:
+                    args, kwargs, options = _parse_payload(row)
+                    spec = _spec_of(row, specs)
+                    next_run = None if row.one_off else sched.after_run(spec, slot, now)
+                except ValidationError as exc:
+                    parked.append({"b_id": row.id, "b_slot": slot, "b_enabled": True, "b_error": str(exc)})
+                    result.errors.append((row.name, str(exc)))
+                    result.rescheduled.append((row.id, None))
+                    continue
+                if row.expires is not None and row.expires <= now:
+                    parked.append({"b_id": row.id, "b_slot": slot, "b_enabled": False, "b_error": None})
+                    logger.info("beat: task %r expired at %s; disabled it", row.name, row.expires.isoformat())
+                    result.rescheduled.append((row.id, None))
+                    continue
+                advanced.append({"b_id": row.id, "b_slot": slot, "b_next": next_run,
+                                 "b_enabled": not row.one_off and next_run is not None})
+                pending.append(Run(
+                    run_id=0, task_pk=row.id, name=row.name, task=row.task, slot=slot,
+                    task_id=run_task_id(row.id, slot), args=args, kwargs=kwargs, options=options,
+                    next_run_at=next_run,
+                ))
+            for values in parked:  # rare: one statement each
+                connection.execute(_PARK, values)
+            won = _advance(connection, advanced, now)
+            result.runs = [run for run in pending if run.task_pk in won]
+            _insert_runs(connection, result.runs, self.identity, token, now)
         return result
-
-    def _claim_row(
-        self, connection: Connection, row: TaskRow, specs: dict[tuple[str, int], sched.Spec],
-        now: datetime, token: str, result: ClaimResult,
-    ) -> None:
-        slot: datetime = row.next_run_at
-        cas = update(TASKS).where(_C.id == row.id, _C.next_run_at == slot)
-        try:
-            args, kwargs, options = _parse_payload(row)
-            spec = _spec_of(row, specs)
-            next_run = None if row.one_off else sched.after_run(spec, slot, now)
-        except ValidationError as exc:
-            connection.execute(cas.values(next_run_at=None, schedule_error=str(exc)))
-            result.errors.append((row.name, str(exc)))
-            result.rescheduled.append((row.id, None))
-            return
-        if row.expires is not None and row.expires <= now:
-            connection.execute(cas.values(enabled=False, next_run_at=None))
-            logger.info("beat: task %r expired at %s; disabled it", row.name, row.expires.isoformat())
-            result.rescheduled.append((row.id, None))
-            return
-        claimed = connection.execute(
-            cas.values(
-                next_run_at=next_run, last_run_at=now,
-                total_run_count=_C.total_run_count + 1,
-                enabled=not row.one_off and next_run is not None,
-            )
-        )
-        if claimed.rowcount != 1:
-            return  # another beat advanced it first
-        task_id = run_task_id(row.id, slot)
-        inserted = connection.execute(
-            insert(RUNS).values(
-                periodic_task_id=row.id, periodic_task_name=row.name, slot=slot,
-                task_id=task_id, state=CLAIMED, sent_by=self.identity,
-                claim_token=token, claimed_at=now,
-            )
-        )
-        run_id: int = inserted.inserted_primary_key[0]  # type: ignore[index]
-        result.runs.append(Run(
-            run_id=run_id, task_pk=row.id, name=row.name,
-            task=row.task, slot=slot, task_id=task_id, args=args, kwargs=kwargs,
-            options=options, next_run_at=next_run,
-        ))
 
     def take_over(self, now: datetime, stale_before: datetime, limit: int) -> tuple[str, list[Takeover]]:
         """Take over claims made before ``stale_before`` and never confirmed as sent (their
@@ -312,11 +427,11 @@ class Store:
         ids = list(run_ids)
         with begin_write(self.engine) as connection:
             connection.execute(
-                update(RUNS).where(RUNS.c.id.in_(ids), RUNS.c.claim_token == token,
+                update(RUNS).where(_among(RUNS.c.id, ids, self._dialect), RUNS.c.claim_token == token,
                                    RUNS.c.state == CLAIMED).values(claimed_at=now)
             )
             return set(connection.scalars(
-                select(RUNS.c.id).where(RUNS.c.id.in_(ids), RUNS.c.claim_token == token,
+                select(RUNS.c.id).where(_among(RUNS.c.id, ids, self._dialect), RUNS.c.claim_token == token,
                                         RUNS.c.state == CLAIMED)
             ))
 
@@ -324,7 +439,7 @@ class Store:
         """Record that the broker accepted these runs (those still claimed with ``token``)."""
         if not run_ids:
             return
-        condition: Any = RUNS.c.id.in_(list(run_ids))
+        condition: Any = _among(RUNS.c.id, list(run_ids), self._dialect)
         if token is not None:
             condition = condition & (RUNS.c.claim_token == token)
         with begin_write(self.engine) as connection:

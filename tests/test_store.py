@@ -122,6 +122,42 @@ def test_claim_advances_the_row_and_logs_the_run(engine: Engine, session: Sessio
     assert row(engine, "tick").total_run_count == 1
 
 
+def test_a_batch_claim_is_conditional_row_by_row(engine: Engine, session: Session) -> None:
+    """One batched compare-and-set for many rows: a row whose slot moved since it was read
+    is left alone while the others are claimed (on SQLite and MySQL the short count undoes
+    the batch and each row is tried alone)."""
+    from beatsqlalchemy.store import _advance, begin_write
+
+    now = utcnow()
+    slot = now - timedelta(seconds=1)
+    pks = [make(session, f"batch-{i}", due=slot) for i in range(5)]
+    moved = pks[2]
+    params = [{"b_id": pk, "b_slot": slot, "b_next": slot + timedelta(seconds=10), "b_enabled": True}
+              for pk in pks]
+    params[2]["b_slot"] = slot - timedelta(seconds=30)  # what a beat saw before the row moved
+    with begin_write(engine) as connection:
+        won = _advance(connection, params, now)
+    assert won == set(pks) - {moved}
+    assert row(engine, "batch-2").total_run_count == 0 and row(engine, "batch-2").next_run_at == slot
+    for i in (0, 1, 3, 4):
+        stored = row(engine, f"batch-{i}")
+        assert (stored.total_run_count, stored.last_run_at) == (1, now)
+        assert stored.next_run_at == slot + timedelta(seconds=10)
+
+
+def test_a_large_claim_logs_every_run_with_its_own_id(engine: Engine, session: Session) -> None:
+    now = utcnow()
+    slot = now - timedelta(seconds=1)
+    pks = [make(session, f"many-{i:03d}", due=slot) for i in range(120)]
+    result = Store(engine, "beat-a").claim([(pk, slot) for pk in reversed(pks)], now)
+    assert sorted(r.task_pk for r in result.runs) == pks
+    logged = {r.id: r for r in runs(engine)}
+    assert len(logged) == 120
+    for run in result.runs:  # each run carries the id of its own run-log row
+        assert logged[run.run_id].periodic_task_id == run.task_pk
+        assert logged[run.run_id].task_id == run.task_id == run_task_id(run.task_pk, slot)
+
+
 def test_claim_skips_disabled_and_unknown_tasks(engine: Engine, session: Session) -> None:
     now = utcnow()
     slot = now - timedelta(seconds=1)
