@@ -185,7 +185,7 @@ DATABASE_SOURCE = "database"
 #: what ``export_tasks`` writes for each task: its definition, not its run state
 DEFINITION_FIELDS = (
     "args", "kwargs", "queue", "exchange", "routing_key", "headers", "priority", "expires",
-    "expire_seconds", "one_off", "start_time", "extra_options",
+    "expire_seconds", "one_off", "start_time", "extra_options", "misfire_policy",
 )
 #: run state, shown by ``task_to_dict(state=True)``; ``import_tasks`` ignores it
 STATE_FIELDS = ("last_run_at", "next_run_at", "total_run_count", "schedule_error")

@@ -458,6 +458,7 @@ def show(obj: Context, name: str, as_json: bool) -> None:
             ("enabled", "yes" if task.enabled else "no"), ("one-off", "yes" if task.one_off else "no"),
             ("args", json.dumps(task.args)), ("kwargs", json.dumps(task.kwargs)),
             ("options", json.dumps(options) if options else "-"),
+            ("misfire", task.misfire_policy or "default"),
             ("description", task.description or "-"),
             ("last run", _when(task.last_run_at) + (" UTC" if task.last_run_at else "")),
             ("next run", (_when(upcoming[0]) + " UTC") if upcoming else "-"),
@@ -588,6 +589,9 @@ def _fields(obj: Context, options: dict[str, Any], current: Any = None) -> dict[
         value = options.pop(key, None)
         if value is not None:
             fields[key] = value
+    misfire = options.pop("misfire_policy", None)
+    if misfire is not None:
+        fields["misfire_policy"] = None if misfire == "default" else misfire
     return fields
 
 
@@ -617,6 +621,10 @@ def task_options(func: F) -> F:
         click.option("--one-off/--no-one-off", "one_off", default=None,
                      help="Disable the task after its next run."),
         click.option("--enabled/--disabled", "enabled", default=None, help="Enable or disable the task."),
+        click.option("--misfire-policy", type=click.Choice(["catch_up", "skip", "default"]),
+                     help="Runs missed while beat was down: send one catch-up run (catch_up), "
+                     "none (skip: a run more than beat_sqlalchemy_misfire_grace seconds late is "
+                     "dropped), or follow the configuration (default)."),
         click.option("--description", metavar="TEXT", help="A description."),
     ]
     for decorator in reversed(decorators):

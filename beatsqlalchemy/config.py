@@ -43,6 +43,10 @@ class BeatConfig:
     run_log_days: float = 7.0
     create_schema: bool | None = None
     remove_missing_config_tasks: bool = False
+    #: a run more than this late counts as missed, for tasks whose misfire policy is "skip"
+    misfire_grace: float = 60.0
+    #: Celery's ``beat_cron_starting_deadline``: crontab runs later than this are skipped
+    cron_starting_deadline: float | None = None
 
     @classmethod
     def from_app(cls, app: Any) -> BeatConfig:
@@ -64,6 +68,11 @@ class BeatConfig:
             create_schema=conf.get("beat_sqlalchemy_create_schema"),
             remove_missing_config_tasks=bool(
                 conf.get("beat_sqlalchemy_remove_missing_config_tasks", False)
+            ),
+            misfire_grace=_positive(conf, "beat_sqlalchemy_misfire_grace", 60.0),
+            cron_starting_deadline=(
+                None if conf.get("beat_cron_starting_deadline") is None
+                else _positive(conf, "beat_cron_starting_deadline", 0.0)
             ),
         )
         app._beatsqlalchemy_config = config

@@ -55,6 +55,8 @@ NAMING_CONVENTION = {
 }
 SCHEDULE_KINDS = ("interval", "crontab", "solar", "clocked")
 NAME_LENGTH = 200
+#: what a task does with runs it missed (beat down, database out): see ``schedules.on_time``
+MISFIRE_POLICIES = ("catch_up", "skip")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -439,6 +441,10 @@ class PeriodicTask(Base):
     needs_recompute: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), index=True)
     #: why beat could not schedule this row (cleared when the row is fixed)
     schedule_error: Mapped[str | None] = mapped_column(Text)
+    #: runs missed by more than the grace time: "catch_up" sends one, "skip" sends none;
+    #: None follows the configuration (catch up, except crontabs past Celery's
+    #: ``beat_cron_starting_deadline``)
+    misfire_policy: Mapped[str | None] = mapped_column(String(16))
 
     interval: Mapped[IntervalSchedule | None] = relationship(lazy="joined")
     crontab: Mapped[CrontabSchedule | None] = relationship(lazy="joined")
@@ -490,6 +496,12 @@ class PeriodicTask(Base):
     @validates("one_off", "enabled")
     def _flag(self, key: str, value: Any) -> bool:
         return as_bool(key, value)
+
+    @validates("misfire_policy")
+    def _misfire_policy(self, key: str, value: Any) -> str | None:
+        if value is None or value in MISFIRE_POLICIES:
+            return value  # type: ignore[no-any-return]
+        raise ValidationError(key, value, f"must be one of {', '.join(MISFIRE_POLICIES)} (or None)")
 
     @validates("description")
     def _description(self, key: str, value: Any) -> str:
@@ -597,6 +609,7 @@ class PeriodicTaskRun(Base):
         UniqueConstraint("periodic_task_id", "slot"),
         Index(None, "state", "claimed_at"),
         Index(None, "periodic_task_name", "slot"),
+        Index(None, "task_id"),
     )
 
     id: Mapped[int] = mapped_column(

@@ -100,7 +100,8 @@ class DatabaseScheduler(Scheduler):
             # locks after a second or two, long before its claims go stale
             idle_transaction_timeout=min(max(self.config.claim_timeout / 2, 1.0), 2.0),
         )
-        self.store = Store(self.engine, self.config.identity)
+        self.store = Store(self.engine, self.config.identity, self.config.misfire_grace,
+                           self.config.cron_starting_deadline)
         #: (due timestamp, task id, next_run_at as read): the near window only
         self._window: list[tuple[float, int, datetime]] = []
         self._window_end = 0.0

@@ -256,3 +256,24 @@ def after_run(spec: Spec, slot: datetime, now: datetime) -> datetime | None:
     if isinstance(spec, Solar):
         return next_solar(spec.event, spec.latitude, spec.longitude, max(slot, now) + timedelta(minutes=1))
     return None
+
+
+def on_time(spec: Spec, slot: datetime, now: datetime, grace: float) -> bool:
+    """Whether the run due at ``slot``, claimed at ``now``, still counts as on time: the
+    schedule has a slot (``slot`` itself or one missed since) at most ``grace`` seconds
+    before ``now``. This is how Celery reads ``beat_cron_starting_deadline``."""
+    try:
+        earliest = as_utc(now) - timedelta(seconds=grace)
+    except OverflowError:  # a grace longer than the calendar: always on time
+        return True
+    slot = as_utc(slot)
+    if slot >= earliest:
+        return True
+    if isinstance(spec, Interval):
+        return next_interval(spec.every, slot, now) - spec.every >= earliest
+    if isinstance(spec, Cron):
+        following = spec.next_after(earliest - _TINY)
+        return following is not None and following <= now
+    if isinstance(spec, Solar):
+        return next_solar(spec.event, spec.latitude, spec.longitude, earliest) <= now
+    return False  # a clocked task has one slot, and it is past

@@ -65,7 +65,7 @@ _C = TASKS.c
 _SEND_COLUMNS = (
     _C.id, _C.name, _C.task, _C.enabled, _C.one_off, _C.next_run_at, _C.last_run_at,
     _C.start_time, _C.expires, _C.expire_seconds, _C.queue, _C.exchange, _C.routing_key,
-    _C.priority, _C.interval_id, _C.crontab_id, _C.solar_id, _C.clocked_id,
+    _C.priority, _C.interval_id, _C.crontab_id, _C.solar_id, _C.clocked_id, _C.misfire_policy,
     cast(_C.args, Text).label("args"), cast(_C.kwargs, Text).label("kwargs"),
     cast(_C.headers, Text).label("headers"), cast(_C.extra_options, Text).label("extra_options"),
 )
@@ -93,7 +93,7 @@ def _window_statement() -> Any:
     )
 
 
-CLAIMED, SENT, ABANDONED = "claimed", "sent", "abandoned"
+CLAIMED, SENT, ABANDONED, SKIPPED = "claimed", "sent", "abandoned", "skipped"
 #: the near window plus probes for flagged tasks and stale claims, built once
 _WINDOW = _window_statement()
 _EPOCH = datetime(1970, 1, 1, tzinfo=sched.UTC)
@@ -108,11 +108,12 @@ _ADVANCE = (
             last_run_at=bindparam("b_now", type_=_C.last_run_at.type),
             total_run_count=_C.total_run_count + 1, enabled=bindparam("b_enabled"))
 )
-#: a due row that cannot run (broken, expired): no next run, same compare-and-set
+#: a due row moved on without a run (broken, expired, missed): same compare-and-set
 _PARK = (
     update(TASKS)
     .where(_C.id == bindparam("b_id"), _C.next_run_at == bindparam("b_slot", type_=_C.next_run_at.type))
-    .values(next_run_at=None, enabled=bindparam("b_enabled"), schedule_error=bindparam("b_error"))
+    .values(next_run_at=bindparam("b_next", type_=_C.next_run_at.type), enabled=bindparam("b_enabled"),
+            schedule_error=bindparam("b_error"))
 )
 _INSERT_RUN = insert(RUNS)
 
@@ -270,9 +271,14 @@ class ClaimResult:
 class Store:
     """The scheduler's view of the database; each method is one short transaction."""
 
-    def __init__(self, engine: Engine, identity: str) -> None:
+    def __init__(
+        self, engine: Engine, identity: str, misfire_grace: float = 60.0,
+        cron_starting_deadline: float | None = None,
+    ) -> None:
         self.engine = engine
         self.identity = identity
+        self.misfire_grace = misfire_grace
+        self.cron_starting_deadline = cron_starting_deadline
         self._lock_rows = engine.dialect.name != "sqlite"  # SQLite: BEGIN IMMEDIATE instead
         self._dialect = engine.dialect.name
 
@@ -341,37 +347,65 @@ class Store:
                 return result
             specs = _load_specs(connection, rows)
             advanced: list[dict[str, Any]] = []
-            parked: list[dict[str, Any]] = []
+            parked: list[tuple[dict[str, Any], Run | None]] = []  # Run: a skipped run to log
             pending: list[Run] = []
             for row in rows:
                 slot: datetime = row.next_run_at
+                park: dict[str, Any] = {"b_id": row.id, "b_slot": slot, "b_next": None,
+                                        "b_enabled": True, "b_error": None}
                 try:
                     args, kwargs, options = _parse_payload(row)
                     spec = _spec_of(row, specs)
                     next_run = None if row.one_off else sched.after_run(spec, slot, now)
                 except ValidationError as exc:
-                    parked.append({"b_id": row.id, "b_slot": slot, "b_enabled": True, "b_error": str(exc)})
+                    parked.append(({**park, "b_error": str(exc)}, None))
                     result.errors.append((row.name, str(exc)))
                     result.rescheduled.append((row.id, None))
                     continue
                 if row.expires is not None and row.expires <= now:
-                    parked.append({"b_id": row.id, "b_slot": slot, "b_enabled": False, "b_error": None})
+                    parked.append(({**park, "b_enabled": False}, None))
                     logger.info("beat: task %r expired at %s; disabled it", row.name, row.expires.isoformat())
                     result.rescheduled.append((row.id, None))
                     continue
-                advanced.append({"b_id": row.id, "b_slot": slot, "b_next": next_run,
-                                 "b_enabled": not row.one_off and next_run is not None})
-                pending.append(Run(
+                enabled = not row.one_off and next_run is not None
+                run = Run(
                     run_id=0, task_pk=row.id, name=row.name, task=row.task, slot=slot,
                     task_id=run_task_id(row.id, slot), args=args, kwargs=kwargs, options=options,
                     next_run_at=next_run,
-                ))
-            for values in parked:  # rare: one statement each
-                connection.execute(_PARK, values)
+                )
+                grace = self._grace(row.misfire_policy, spec)
+                if grace is not None and not sched.on_time(spec, slot, now, grace):
+                    parked.append(({**park, "b_next": next_run, "b_enabled": enabled}, run))
+                    result.rescheduled.append((row.id, next_run))
+                    continue
+                advanced.append({"b_id": row.id, "b_slot": slot, "b_next": next_run, "b_enabled": enabled})
+                pending.append(run)
+            for values, skipped in parked:  # rare: one statement each
+                if connection.execute(_PARK, values).rowcount == 1 and skipped is not None:
+                    self._log_skipped(connection, skipped, token, now)
             won = _advance(connection, advanced, now)
             result.runs = [run for run in pending if run.task_pk in won]
             _insert_runs(connection, result.runs, self.identity, token, now)
         return result
+
+    def _grace(self, policy: str | None, spec: sched.Spec) -> float | None:
+        """How late a run of this task may be and still be sent (None: any lateness)."""
+        if policy == "skip":
+            return self.misfire_grace
+        if policy is None and isinstance(spec, sched.Cron):
+            return self.cron_starting_deadline
+        return None
+
+    def _log_skipped(self, connection: Connection, run: Run, token: str, now: datetime) -> None:
+        """Record a run its misfire policy skipped, so the run log can say why it never went."""
+        connection.execute(_INSERT_RUN, {
+            "periodic_task_id": run.task_pk, "periodic_task_name": run.name, "slot": run.slot,
+            "task_id": run.task_id, "state": SKIPPED, "sent_by": self.identity, "claim_token": token,
+            "claimed_at": now,
+        })
+        logger.info("beat: skipped the run of %r for %s: %.0fs late, past its misfire grace; next "
+                    "run %s", run.name, run.slot.isoformat(), (now - run.slot).total_seconds(),
+                    run.next_run_at.isoformat() if run.next_run_at else "none")
 
     def take_over(self, now: datetime, stale_before: datetime, limit: int) -> tuple[str, list[Takeover]]:
         """Take over claims made before ``stale_before`` and never confirmed as sent (their

@@ -351,6 +351,22 @@ def test_edit(url: str, engine: Engine) -> None:
     assert task is not None and task.args == [] and task.priority == 3, "nothing written on error"
 
 
+def test_misfire_policy_is_set_shown_exported_and_reset(url: str, engine: Engine) -> None:
+    add_three(url)
+    assert "misfire:     default" in ok(cli("--url", url, "show", "heartbeat"))
+    ok(cli("--url", url, "edit", "heartbeat", "--misfire-policy", "skip"))
+    task = stored(engine, "heartbeat")
+    assert task is not None and task.misfire_policy == "skip"
+    assert "misfire:     skip" in ok(cli("--url", url, "show", "heartbeat"))
+    exported = json.loads(ok(cli("--url", url, "export")))
+    assert {t["name"]: t["misfire_policy"] for t in exported}["heartbeat"] == "skip"
+    ok(cli("--url", url, "edit", "heartbeat", "--misfire-policy", "default"))
+    task = stored(engine, "heartbeat")
+    assert task is not None and task.misfire_policy is None
+    result = cli("--url", url, "edit", "heartbeat", "--misfire-policy", "later")
+    assert result.exit_code == 2 and "'later' is not one of" in result.output
+
+
 def test_editing_a_config_task_warns(url: str, engine: Engine) -> None:
     with db.session_factory(engine)() as session:
         api.save_task(session, "cfg", task="tasks.cfg", schedule=timedelta(hours=1), source="config")

@@ -110,8 +110,11 @@ def test_other_settings(make_app: AppFactory) -> None:
         beat_sqlalchemy_identity="beat-a",
         beat_sqlalchemy_create_schema=False,
         beat_sqlalchemy_remove_missing_config_tasks=True,
+        beat_sqlalchemy_misfire_grace=300,
+        beat_cron_starting_deadline=120,
     )
     config = BeatConfig.from_app(app)
+    assert (config.misfire_grace, config.cron_starting_deadline) == (300.0, 120.0)
     assert config.engine_options == {"pool_size": 3, "echo": False}
     assert config.sync_interval == 2.5
     assert config.window == 30.0
@@ -129,6 +132,7 @@ def test_defaults(make_app: AppFactory) -> None:
     assert config.batch_size == 1000
     assert config.create_schema is None
     assert config.remove_missing_config_tasks is False
+    assert (config.misfire_grace, config.cron_starting_deadline) == (60.0, None)  # Celery's default
     # a long sync interval widens the window so that nothing falls between two syncs
     assert BeatConfig.from_app(make_app(beat_sqlalchemy_sync_interval=8)).window == 16.0
 
@@ -142,7 +146,8 @@ def test_config_is_cached_on_the_app(make_app: AppFactory) -> None:
 
 
 @pytest.mark.parametrize("key", ["beat_sqlalchemy_sync_interval", "beat_sqlalchemy_window",
-                                 "beat_sqlalchemy_batch_size"])
+                                 "beat_sqlalchemy_batch_size", "beat_sqlalchemy_misfire_grace",
+                                 "beat_cron_starting_deadline"])
 @pytest.mark.parametrize("value", [0, -1, "abc", "", [1], -0.5])
 def test_bad_numbers_name_the_key(make_app: AppFactory, key: str, value: object) -> None:
     app = make_app(**{key: value})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,8 @@ from beatsqlalchemy.exceptions import SchemaNotReady
 from beatsqlalchemy.models import Base, PeriodicTask
 
 REPO = Path(__file__).resolve().parent.parent
-ALEMBIC = "/work/venv/bin/alembic"
+#: the alembic command of the environment running the tests
+ALEMBIC = str(Path(sys.executable).with_name("alembic"))
 OUR_TABLES = {
     "celery_periodic_task",
     "celery_interval_schedule",

@@ -329,3 +329,41 @@ def test_idle_tick_does_not_touch_the_database(app: Celery, engine: Engine, sess
     finally:
         event.remove(scheduler.engine, "before_cursor_execute", count)
         scheduler.close()
+
+
+def test_after_downtime_each_task_follows_its_misfire_policy(
+    app: Celery, session: Session, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Beat was down for three and a half hours: by default a task sends one catch-up run (not one per
+    missed slot); a "skip" task and, under Celery's beat_cron_starting_deadline, a crontab
+    send none and wait for their next slot; the run log says why."""
+    from beatsqlalchemy.schedules import utcnow
+
+    app.conf.beat_cron_starting_deadline = 300
+    down_since = utcnow() - timedelta(hours=3, minutes=30)
+    for name, fields in {
+        "every-minute": {"schedule": timedelta(minutes=1)},
+        "hourly-skip": {"schedule": timedelta(hours=1), "misfire_policy": "skip"},
+        "nightly-cron": {"schedule": f"{down_since.minute} {down_since.hour} * * *"},
+        "nightly-catch-up": {"schedule": f"{down_since.minute} {down_since.hour} * * *",
+                             "misfire_policy": "catch_up"},
+    }.items():
+        PeriodicTask.update_or_create(session, name=name, task=f"tasks.{name}", **fields)
+        PeriodicTask.update_or_create(session, name=name, next_run_at=down_since)
+    beat = RecordingScheduler(app=app)
+    try:
+        caplog.set_level(logging.INFO, logger="beatsqlalchemy")
+        tick_for(beat, 1.5)
+        assert sorted(run.name for _, run in beat.sent) == ["every-minute", "nightly-catch-up"]
+        skipped = [r.getMessage() for r in caplog.records if "skipped the run of" in r.getMessage()]
+        assert len(skipped) == 2 and any("'hourly-skip'" in m for m in skipped)
+        states = {name: state for name, state in session.execute(
+            select(RUNS.c.periodic_task_name, RUNS.c.state))}
+        assert states == {"every-minute": "sent", "nightly-catch-up": "sent",
+                          "hourly-skip": "skipped", "nightly-cron": "skipped"}
+        hourly = session.scalars(select(PeriodicTask).where(PeriodicTask.name == "hourly-skip")).one()
+        session.refresh(hourly)
+        assert hourly.next_run_at is not None and hourly.next_run_at > utcnow()
+        assert hourly.total_run_count == 0
+    finally:
+        beat.close()

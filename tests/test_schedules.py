@@ -572,3 +572,27 @@ def test_solar_first_and_after_run() -> None:
     following = after_run(spec, first, first + timedelta(seconds=1))
     assert following is not None
     assert timedelta(hours=23, minutes=50) < following - first < timedelta(hours=24, minutes=10)
+
+
+# -- misfire: on_time -------------------------------------------------------------
+
+def test_on_time_looks_for_a_slot_within_the_grace() -> None:
+    now = datetime(2026, 6, 1, 12, 0, 30, tzinfo=timezone.utc)
+    minutely = sched.Cron.parse("*", "*", "*", "*", "*", "UTC")
+    daily = sched.Cron.parse("0", "9", "*", "*", "*", "UTC")
+    hour_ago = now - timedelta(hours=1)
+    # the stored slot itself within the grace
+    assert sched.on_time(daily, now - timedelta(seconds=50), now, 60)
+    # long missed, but a later slot of the same schedule is recent: on time
+    assert sched.on_time(minutely, hour_ago, now, 60)
+    assert sched.on_time(sched.Interval(timedelta(seconds=10)), hour_ago, now, 60)
+    # nothing within the grace: missed
+    yesterday_9 = datetime(2026, 5, 31, 9, 0, tzinfo=timezone.utc)
+    assert not sched.on_time(daily, yesterday_9, now, 60)
+    assert not sched.on_time(sched.Interval(timedelta(days=1)), hour_ago, now, 60)
+    assert not sched.on_time(sched.Clocked(hour_ago), hour_ago, now, 60)
+    # today's 09:00 was missed too, 3h00m30s ago: on time only with a grace that long
+    assert sched.on_time(daily, yesterday_9, now, 3 * 3600 + 31)
+    assert not sched.on_time(daily, yesterday_9, now, 3 * 3600 + 29)
+    # a grace longer than the calendar is always on time
+    assert sched.on_time(daily, yesterday_9, now, 1e30)

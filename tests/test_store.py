@@ -422,3 +422,59 @@ def test_catch_up_after_downtime_claims_once(engine: Engine, session: Session) -
     # the phase is kept: the next run lies on the original 10-second grid
     assert (stored.next_run_at - (now - timedelta(hours=1))) % timedelta(seconds=10) == timedelta(0)
     assert [r.periodic_task_id for r in runs(engine)] == [pk]
+
+
+# -- misfire policy ---------------------------------------------------------------
+
+def test_skip_policy_drops_a_run_missed_past_the_grace(engine: Engine, session: Session) -> None:
+    now = utcnow()
+    slot = now - timedelta(hours=3)  # a daily run, missed while beat was down
+    daily = {"every": 1, "period": "days"}
+    skip = make(session, "skip-daily", due=slot, interval=daily, misfire_policy="skip")
+    fresh = make(session, "skip-fresh", due=now - timedelta(seconds=5), interval=daily, misfire_policy="skip")
+    default = make(session, "default-daily", due=slot, interval=daily)
+    store = Store(engine, "beat-a", misfire_grace=60)
+
+    result = store.claim([(skip, slot), (fresh, now - timedelta(seconds=5)), (default, slot)], now)
+    assert sorted(r.task_pk for r in result.runs) == sorted([fresh, default])  # default: one catch-up
+    assert (skip, slot + timedelta(days=1)) in result.rescheduled
+    stored = row(engine, "skip-daily")
+    assert stored.next_run_at == slot + timedelta(days=1) and stored.enabled is True
+    assert (stored.total_run_count, stored.last_run_at) == (0, None)
+    [skipped] = [r for r in runs(engine) if r.periodic_task_id == skip]
+    assert (skipped.state, skipped.slot, skipped.sent_by) == ("skipped", slot, "beat-a")
+    assert skipped.task_id == run_task_id(skip, slot)
+    # a skipped run is history, never a claim to publish again
+    taken = store.take_over(now + timedelta(hours=1), now + timedelta(minutes=30), 100)[1]
+    assert sorted(t.run.task_pk for t in taken) == sorted([fresh, default])  # never marked sent
+
+
+def test_a_frequent_task_missed_for_long_is_still_on_time(engine: Engine, session: Session) -> None:
+    """Skip means "not late": an every-10-seconds task down for an hour has a slot seconds ago."""
+    now = utcnow()
+    slot = now - timedelta(hours=1)
+    pk = make(session, "frequent", due=slot, misfire_policy="skip")
+    [run] = Store(engine, "beat-a", misfire_grace=60).claim([(pk, slot)], now).runs
+    assert run.slot == slot and run.next_run_at is not None and run.next_run_at > now
+
+
+def test_cron_starting_deadline_skips_late_crontab_runs(engine: Engine, session: Session) -> None:
+    now = utcnow().replace(second=0, microsecond=0)
+    two_hours_ago = now - timedelta(hours=2)
+    daily = f"{two_hours_ago.minute} {two_hours_ago.hour} * * *"
+    late = make(session, "cron-late", due=two_hours_ago, crontab=daily)
+    forced = make(session, "cron-catch-up", due=two_hours_ago, crontab=daily, misfire_policy="catch_up")
+    interval = make(session, "interval-late", due=two_hours_ago, interval={"every": 1, "period": "days"})
+    store = Store(engine, "beat-a", cron_starting_deadline=600)
+
+    result = store.claim([(late, two_hours_ago), (forced, two_hours_ago), (interval, two_hours_ago)], now)
+    # Celery's deadline is for crontabs; a task's own catch_up policy wins over it
+    assert sorted(r.task_pk for r in result.runs) == sorted([forced, interval])
+    assert row(engine, "cron-late").next_run_at == two_hours_ago + timedelta(days=1)
+    assert [r.state for r in runs(engine) if r.periodic_task_id == late] == ["skipped"]
+
+    # without a deadline the same late crontab gets its one catch-up run
+    yesterday = two_hours_ago - timedelta(days=1)
+    PeriodicTask.update_or_create(session, name="cron-late", next_run_at=yesterday)
+    [run] = Store(engine, "beat-b").claim([(late, yesterday)], now).runs
+    assert run.task_pk == late and run.next_run_at == two_hours_ago + timedelta(days=1)
