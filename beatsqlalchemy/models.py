@@ -624,6 +624,9 @@ class PeriodicTaskRun(Base):
     claim_token: Mapped[str] = mapped_column(String(32))
     claimed_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: when a worker started the run, and which (``beatsqlalchemy.worker.RunOnceTask``)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    started_by: Mapped[str | None] = mapped_column(String(255))
 
 
 # -- setting fields from any accepted form ------------------------------------------

@@ -431,6 +431,9 @@ class Store:
             }
             for claim in claims:
                 mine = update(RUNS).where(RUNS.c.id == claim.id, RUNS.c.claim_token == claim.claim_token)
+                if claim.started_at is not None:  # a worker has it: it was published after all
+                    connection.execute(mine.values(state=SENT, sent_at=claim.started_at))
+                    continue
                 task = tasks.get(claim.periodic_task_id)
                 try:
                     if task is None:
@@ -478,6 +481,20 @@ class Store:
             condition = condition & (RUNS.c.claim_token == token)
         with begin_write(self.engine) as connection:
             connection.execute(update(RUNS).where(condition).values(state=SENT, sent_at=now))
+
+    def start(self, task_id: str, worker: str, now: datetime) -> bool:
+        """Record that ``worker`` starts the run ``task_id``; False when another start
+        was recorded first (this copy is a duplicate). A task id the run log does not
+        know (pruned, or not a beat run) may start."""
+        with begin_write(self.engine) as connection:
+            started = connection.execute(
+                update(RUNS).where(RUNS.c.task_id == task_id, RUNS.c.started_at.is_(None))
+                .values(started_at=now, started_by=worker)
+            )
+            if started.rowcount:
+                return True
+            return connection.scalar(select(func.count()).select_from(RUNS).where(
+                RUNS.c.task_id == task_id, RUNS.c.started_at.is_not(None))) == 0
 
     def prune(self, before: datetime, limit: int) -> int:
         """Delete up to ``limit`` run-log rows claimed before ``before``; returns how many."""

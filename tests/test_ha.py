@@ -258,6 +258,30 @@ def test_take_over_leaves_fresh_and_sent_claims(engine: Engine, session: Session
     assert (rows["sent"].state, rows["sent"].sent_by, rows["sent"].claim_token) == ("sent", "beat-a", token)
 
 
+def test_a_run_starts_once_on_the_workers(engine: Engine, session: Session) -> None:
+    """``RunOnceTask``'s check: the first start of a run is recorded, a second copy is refused,
+    and a claim a worker has started is never published again (it was on the broker)."""
+    now = utcnow()
+    make(session, "started", now - timedelta(seconds=1))
+    make(session, "unstarted", now - timedelta(seconds=1))
+    a, b = Store(engine, "beat-a"), Store(engine, "beat-b")
+    runs = {r.name: r for r in claim_due(a, now)}
+    started = runs["started"].task_id
+
+    assert a.start(started, "worker-1", now) is True
+    assert a.start(started, "worker-2", now + timedelta(seconds=1)) is False
+    assert a.start(run_task_id(10**6, now), "worker-1", now) is True  # not a run beat logged
+    row = next(r for r in logged(engine) if r.task_id == started)
+    assert (row.started_by, row.started_at, row.state) == ("worker-1", now, "claimed")
+
+    # beat-a died before recording either as sent: only the unstarted one goes out again
+    _, taken = b.take_over(now + timedelta(seconds=60), now + timedelta(seconds=30), 100)
+    assert [t.run.name for t in taken] == ["unstarted"]
+    rows = {r.periodic_task_name: r for r in logged(engine)}
+    assert (rows["started"].state, rows["started"].sent_at) == ("sent", now)
+    assert rows["unstarted"].sent_by == "beat-b"
+
+
 def test_take_over_abandons_claims_of_deleted_or_broken_tasks(
     engine: Engine, session: Session, caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -1,0 +1,65 @@
+"""On the workers: start each beat run at most once, however often it was published.
+
+Beat publishes a run again, with the same task id, when the beat that claimed it never
+recorded it as sent (it was killed or frozen between the broker's accept and that record;
+no sender can tell this from a run never published). A task whose base is
+:class:`RunOnceTask` records its start in the run log, so such a second copy is dropped,
+and beat does not publish again a run a worker has already started.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import schedules as sched
+from .config import BeatConfig
+from .db import get_engine
+from .schedulers import describe
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+#: the header beat puts on every run it publishes
+BEAT_HEADER = "celery_beat_task"
+
+
+def first_start(app: Any, task_id: str, worker: str) -> bool:
+    """Whether this is the first start of the beat run ``task_id`` (recorded as such). If
+    the database cannot say, the run goes ahead: a duplicate beats a lost run."""
+    config = BeatConfig.from_app(app)
+    store = Store(get_engine(config.url, config.engine_options), worker)
+    try:
+        return store.start(task_id, worker, sched.utcnow())
+    except SQLAlchemyError as exc:
+        logger.warning("beatsqlalchemy: could not check whether run %s started already (%s); "
+                       "running it", task_id, describe(exc))
+        return True
+
+
+def is_first_delivery(request: Any) -> bool:
+    """A beat run delivered for the first time: not a retry, not a broker redelivery
+    (which the worker that took it first did not finish), not a call from elsewhere."""
+    headers = getattr(request, "headers", None) or {}
+    from_beat = getattr(request, BEAT_HEADER, None) or headers.get(BEAT_HEADER)
+    redelivered = (getattr(request, "delivery_info", None) or {}).get("redelivered")
+    return bool(from_beat) and not request.retries and not redelivered
+
+
+class RunOnceTask(Task):
+    """A task base (``@app.task(base=RunOnceTask)``, or ``Celery(task_cls=...)`` for all)
+    under which a beat run starts at most once; calls not from beat are untouched."""
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        request = self.request
+        if not is_first_delivery(request):
+            return
+        worker = f"{request.hostname or 'worker'}"
+        if not first_start(self.app, task_id, worker):
+            logger.warning("beatsqlalchemy: dropping a second copy of beat run %s (%s): "
+                           "a worker started it already", task_id, self.name)
+            raise Ignore()
