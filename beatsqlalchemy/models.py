@@ -129,6 +129,19 @@ def as_name(field: str, value: Any, optional: bool = False) -> str | None:
         raise ValidationError(field, value, "must be a non-empty string")
     if len(value) > NAME_LENGTH:
         raise ValidationError(field, value, f"longer than {NAME_LENGTH} characters")
+    return as_text(field, value)
+
+
+def as_text(field: str, value: str) -> str:
+    """``value`` if every database can store it: no NUL character (PostgreSQL refuses
+    them) and no lone surrogate (not encodable as UTF-8)."""
+    if "\x00" in value:
+        raise ValidationError(field, value, "must not contain NUL characters")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValidationError(field, value, "must be valid Unicode text (a lone surrogate)") from None
     return value
 
 
@@ -497,7 +510,7 @@ class PeriodicTask(Base):
             return ""
         if not isinstance(value, str):
             raise ValidationError(key, value, "must be a string")
-        return value
+        return as_text(key, value)
 
     # -- derived ----------------------------------------------------------------
 
