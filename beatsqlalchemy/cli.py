@@ -542,7 +542,7 @@ def _schedule(obj: Context, every: str | None, cron: str | None, tz: str | None,
 
 
 def _parse_at(value: str, tz: str | None) -> datetime:
-    from .schedules import zone
+    from .schedules import checked_utc, zone
 
     try:
         moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
@@ -550,10 +550,13 @@ def _parse_at(value: str, tz: str | None) -> datetime:
         raise ValidationError("at", value, "not an ISO 8601 date and time (2030-01-31T09:00)") from None
     if moment.tzinfo is None and tz:
         moment = moment.replace(tzinfo=zone(tz))
+    checked_utc("at", moment, value)
     return moment
 
 
 def _expires(value: str) -> dict[str, Any]:
+    from .schedules import checked_utc
+
     text = value.strip()
     if text.lower() in ("", "none"):
         return {"expires": None, "expire_seconds": None}
@@ -563,6 +566,7 @@ def _expires(value: str) -> dict[str, Any]:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ValidationError("expires", value, "seconds, or an ISO 8601 date and time") from None
+    checked_utc("expires", moment, value)
     return {"expires": moment, "expire_seconds": None}
 
 

@@ -93,6 +93,7 @@ def as_datetime(field: str, value: Any) -> datetime | None:
     """A datetime (or ISO string) as aware UTC; None stays None."""
     if value is None:
         return None
+    given = value
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
@@ -100,7 +101,7 @@ def as_datetime(field: str, value: Any) -> datetime | None:
             raise ValidationError(field, value, "not an ISO 8601 date and time") from exc
     if not isinstance(value, datetime):
         raise ValidationError(field, value, "must be a datetime")
-    return sched.as_utc(value)
+    return sched.checked_utc(field, value, given)
 
 
 def as_json(field: str, value: Any, kind: type) -> Any:

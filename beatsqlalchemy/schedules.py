@@ -47,10 +47,22 @@ def utcnow() -> datetime:
 
 
 def as_utc(value: datetime) -> datetime:
-    """An aware UTC datetime; naive values are taken to be UTC already."""
+    """An aware UTC datetime; naive values are taken to be UTC already. May raise
+    OverflowError for a time within a day of datetime.min or max (see ``checked_utc``)."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def checked_utc(field: str, value: datetime, given: Any = None) -> datetime:
+    """``as_utc(value)``, or a ValidationError naming ``field`` and ``given`` (the value
+    as the user wrote it; default ``value``) when that falls outside the years 1 to 9999
+    (0001-01-01T00:00+14:00 is in year 0 in UTC)."""
+    try:
+        return as_utc(value)
+    except OverflowError:
+        shown = value if given is None else given
+        raise ValidationError(field, shown, "outside the years 1 to 9999 in UTC") from None
 
 
 @lru_cache(maxsize=512)
