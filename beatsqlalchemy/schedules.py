@@ -65,21 +65,31 @@ def checked_utc(field: str, value: datetime, given: Any = None) -> datetime:
         raise ValidationError(field, shown, "outside the years 1 to 9999 in UTC") from None
 
 
-@lru_cache(maxsize=512)
 def zone(name: str) -> ZoneInfo:
     """The ``ZoneInfo`` for an IANA name, or a ValidationError naming it."""
+    if not isinstance(name, str):
+        raise ValidationError("timezone", name, "unknown IANA timezone")
+    return _zone(name)
+
+
+@lru_cache(maxsize=512)
+def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
         raise ValidationError("timezone", name, "unknown IANA timezone") from exc
 
 
-@lru_cache(maxsize=4096)
 def parse_cron_field(field: str, value: str) -> tuple[int, ...]:
     """The sorted values a cron field matches, or a ValidationError."""
-    size, first = CRON_FIELDS[field]
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(field, value, "must be a non-empty cron expression")
+    return _parse_cron_field(field, value)
+
+
+@lru_cache(maxsize=4096)
+def _parse_cron_field(field: str, value: str) -> tuple[int, ...]:
+    size, first = CRON_FIELDS[field]
     try:
         values = crontab_parser(size, first).parse(value.strip().lower())
     except Exception as exc:  # celery raises ValueError, ParseException, ...
@@ -116,6 +126,12 @@ class Cron:
         cls, minute: str, hour: str, day_of_week: str, day_of_month: str,
         month_of_year: str, timezone_name: str,
     ) -> Cron:
+        fields = (minute, hour, day_of_week, day_of_month, month_of_year)
+        for name, value in zip(CRON_FIELDS, fields, strict=True):
+            if not isinstance(value, str):  # before the cache: a list is unhashable
+                parse_cron_field(name, value)
+        if not isinstance(timezone_name, str):
+            zone(timezone_name)
         return _parse_cron(minute, hour, day_of_week, day_of_month, month_of_year, timezone_name)
 
     def next_after(self, after: datetime) -> datetime | None:
