@@ -842,7 +842,7 @@ def import_(obj: Context, file: IO[str] | None, from_app: bool) -> None:
     assert file is not None
     try:
         entries = json.load(file)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InputError(f"file: invalid value {file.name!r}: not valid JSON: {exc}") from None
     with obj.session() as session:
         created, updated = api.import_tasks(session, entries)

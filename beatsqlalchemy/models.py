@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from celery.schedules import BaseSchedule
 from celery.schedules import crontab as celery_crontab
@@ -55,6 +55,8 @@ NAMING_CONVENTION = {
 }
 SCHEDULE_KINDS = ("interval", "crontab", "solar", "clocked")
 NAME_LENGTH = 200
+#: deepest nesting of arrays and objects accepted in a JSON field
+JSON_DEPTH = 100
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -104,20 +106,54 @@ def as_datetime(field: str, value: Any) -> datetime | None:
     return sched.checked_utc(field, value, given)
 
 
+def parse_json(field: str, text: str | bytes) -> Any:
+    """Strict JSON text: no NaN or Infinity, nested at most JSON_DEPTH levels."""
+    def refuse(constant: str) -> NoReturn:
+        raise ValidationError(field, float(constant), "NaN and Infinity are not valid JSON")
+
+    try:
+        value = json.loads(text, parse_constant=refuse)
+    except RecursionError:
+        raise ValidationError(field, text, f"nested deeper than {JSON_DEPTH} levels") from None
+    except ValidationError:
+        raise
+    except ValueError as exc:
+        raise ValidationError(field, text, f"not valid JSON: {exc}") from exc
+    if not _nested_within(value, JSON_DEPTH):
+        raise ValidationError(field, text, f"nested deeper than {JSON_DEPTH} levels")
+    return value
+
+
+def _nested_within(value: Any, depth: int) -> bool:
+    """Whether lists, tuples and dicts nest at most ``depth`` levels; depth first and
+    without recursion, so that a cycle is simply too deep."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, (list, tuple, dict)) else []
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, (list, tuple, dict)):
+                if level >= depth:
+                    return False
+                stack.append((child, level + 1))
+    return True
+
+
 def as_json(field: str, value: Any, kind: type) -> Any:
-    """A list/dict, or a JSON string of one, checked to encode as JSON."""
-    if isinstance(value, (str, bytes)):
-        try:
-            value = json.loads(value)
-        except ValueError as exc:
-            raise ValidationError(field, value, f"not valid JSON: {exc}") from exc
+    """A list/dict, or a JSON string of one, checked to encode as strict JSON (no NaN or
+    Infinity, no lone surrogates, nested at most JSON_DEPTH levels)."""
+    text = isinstance(value, (str, bytes))
+    if text:
+        value = parse_json(field, value)
     if kind is list and isinstance(value, tuple):
         value = list(value)
     if not isinstance(value, kind):
         raise ValidationError(field, value, f"must be a JSON {'array' if kind is list else 'object'}")
+    if not text and not _nested_within(value, JSON_DEPTH):
+        raise ValidationError(field, value, f"nested deeper than {JSON_DEPTH} levels")
     try:
-        json.dumps(value)
-    except (TypeError, ValueError) as exc:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise ValidationError(field, value, f"cannot be stored as JSON: {exc}") from exc
     return value
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -39,6 +38,7 @@ from .models import (
     PeriodicTask,
     PeriodicTaskRun,
     SolarSchedule,
+    parse_json,
 )
 
 logger = logging.getLogger(__name__)
@@ -346,10 +346,7 @@ class Store:
 def _loads(field: str, raw: str | None, kind: type, default: Any) -> Any:
     if raw is None:
         return default
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise ValidationError(field, raw, f"not valid JSON: {exc}") from exc
+    value = parse_json(field, raw)
     if value is None:
         return default
     if not isinstance(value, kind):
