@@ -495,9 +495,16 @@ def parse_duration(value: str) -> timedelta:
     if (not text or "".join(n + u for n, u in parts) != text or any(u not in _UNITS for _, u in parts)
             or (len(parts) > 1 and any(not u for _, u in parts))):
         raise ValidationError("every", value, "a duration such as 30s, 5m, 2h, 1d or 1h30m")
-    delta = sum((timedelta(**{_UNITS[u]: int(n)}) for n, u in parts), timedelta())
+    from .schedules import MAX_INTERVAL
+
+    try:
+        delta = sum((timedelta(**{_UNITS[u]: int(n)}) for n, u in parts), timedelta())
+    except (OverflowError, ValueError):  # beyond timedelta, or an int of over 4,300 digits
+        delta = timedelta.max
     if delta <= timedelta(0):
         raise ValidationError("every", value, "must be longer than zero")
+    if delta > MAX_INTERVAL:
+        raise ValidationError("every", value, f"must be at most {MAX_INTERVAL.days} days")
     return delta
 
 
@@ -560,7 +567,7 @@ def _expires(value: str) -> dict[str, Any]:
     text = value.strip()
     if text.lower() in ("", "none"):
         return {"expires": None, "expire_seconds": None}
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return {"expires": None, "expire_seconds": int(text)}
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))

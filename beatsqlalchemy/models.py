@@ -235,13 +235,14 @@ class IntervalSchedule(ScheduleMixin, Base):
 
     @validates("every")
     def _every(self, _key: str, value: Any) -> int:
-        return as_int("every", value, 1) or 1
+        return sched.check_every(value, self.period)
 
     @validates("period")
     def _period(self, _key: str, value: Any) -> str:
-        if value not in sched.PERIODS:
-            raise ValidationError("period", value, f"must be one of {', '.join(sched.PERIODS)}")
-        return str(value)
+        period = sched.check_period(value)
+        if self.every is not None:
+            sched.check_every(self.every, period)
+        return period
 
     def spec(self) -> sched.Interval:
         return sched.Interval(sched.interval_delta(self.every, self.period))
@@ -531,7 +532,7 @@ class PeriodicTask(Base):
 
     @validates("expire_seconds")
     def _expire_seconds(self, key: str, value: Any) -> int | None:
-        return as_int(key, value, 0)
+        return as_int(key, value, 0, sched.INT32_MAX)
 
     @validates("expires", "start_time", "last_run_at", "next_run_at")
     def _moment(self, key: str, value: Any) -> datetime | None:
@@ -738,7 +739,10 @@ def schedule_fields(kind: str, value: Any) -> dict[str, Any]:
     if kind == "interval" and isinstance(value, (celery_schedule, timedelta, int, float)):
         delta = value.run_every if isinstance(value, celery_schedule) else value
         if not isinstance(delta, timedelta):
-            delta = timedelta(seconds=delta)
+            try:
+                delta = timedelta(seconds=delta)
+            except (OverflowError, ValueError) as exc:  # too long, NaN
+                raise ValidationError(kind, value, f"not a usable number of seconds: {exc}") from exc
         return interval_fields(delta)
     if kind == "solar" and isinstance(value, celery_solar):
         return {"event": value.event, "latitude": value.lat, "longitude": value.lon}

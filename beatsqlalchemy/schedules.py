@@ -36,6 +36,13 @@ CRON_FIELDS: dict[str, tuple[int, int]] = {
     "month_of_year": (12, 1),
 }
 CRON_ORDER = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+#: the largest value of the INTEGER columns (every, expire_seconds) on PostgreSQL and MySQL
+INT32_MAX = 2**31 - 1
+#: the longest interval: far inside timedelta's range, and short enough to add to any
+#: time a task can run at until about the year 9000
+MAX_INTERVAL = timedelta(days=365_250)  # 1,000 years
+#: the largest ``every`` of each period
+MAX_EVERY = {period: min(INT32_MAX, MAX_INTERVAL // timedelta(**{period: 1})) for period in PERIODS}
 _TINY = timedelta(microseconds=1)
 _SEARCH_YEARS = 29  # reaches any Feb 29 that also has to fall on a given weekday
 _DAY = timedelta(days=1)
@@ -197,23 +204,42 @@ def _parse_cron(
     )
 
 
-def interval_delta(every: Any, period: Any) -> timedelta:
-    """The timedelta of an interval, or a ValidationError naming the bad field."""
+def check_period(period: Any) -> str:
+    """An interval's period, or a ValidationError naming it."""
+    if not isinstance(period, str) or period not in PERIODS:
+        raise ValidationError("period", period, f"must be one of {', '.join(PERIODS)}")
+    return period
+
+
+def check_every(every: Any, period: str | None = None) -> int:
+    """An interval's ``every``: a whole number from 1 to what its INTEGER column holds
+    and, given the period, to MAX_INTERVAL."""
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValidationError("every", every, "must be a whole number of at least 1")
-    if period not in PERIODS:
-        raise ValidationError("period", period, f"must be one of {', '.join(PERIODS)}")
-    return timedelta(**{period: every})
+    most = INT32_MAX if period is None else MAX_EVERY[period]
+    if every > most:
+        unit = f" {period}" if period is not None else ""
+        raise ValidationError("every", every, f"must be at most {most}{unit}")
+    return every
 
 
-def next_interval(every: timedelta, anchor: datetime, now: datetime) -> datetime:
+def interval_delta(every: Any, period: Any) -> timedelta:
+    """The timedelta of an interval, or a ValidationError naming the bad field."""
+    period = check_period(period)
+    return timedelta(**{period: check_every(every, period)})
+
+
+def next_interval(every: timedelta, anchor: datetime, now: datetime) -> datetime | None:
     """The first time ``anchor + k * every`` (k >= 1) later than ``now``: keeps the phase
-    and skips the slots missed while beat was down."""
+    and skips the slots missed while beat was down. None past datetime.max."""
     anchor, now = as_utc(anchor), as_utc(now)
-    if anchor + every > now:
-        return anchor + every
-    missed = (now - anchor) // every
-    return anchor + every * (missed + 1)
+    try:
+        if anchor + every > now:
+            return anchor + every
+        missed = (now - anchor) // every
+        return anchor + every * (missed + 1)
+    except OverflowError:
+        return None
 
 
 def next_solar(event: str, latitude: float, longitude: float, after: datetime) -> datetime:
@@ -261,10 +287,11 @@ def first_run(
     if isinstance(spec, Interval):
         anchor = last_run_at or start_time
         if anchor is None:
-            return now + spec.every
+            return next_interval(spec.every, now, now)
         if start_time is not None and as_utc(start_time) > now and last_run_at is None:
             return as_utc(start_time)
-        return max(next_interval(spec.every, anchor, now), not_before)
+        following = next_interval(spec.every, anchor, now)
+        return None if following is None else max(following, not_before)
     if isinstance(spec, Cron):
         return spec.next_after(not_before - _TINY if not_before > now else now)
     if isinstance(spec, Solar):

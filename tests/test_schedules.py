@@ -435,6 +435,22 @@ def test_interval_delta_rejects_unknown_period(period: object) -> None:
     assert repr(period) in str(caught.value)
 
 
+@pytest.mark.parametrize(("every", "period"), [
+    (2**31, "seconds"), (2**31, "microseconds"), (365_251, "days"), (10**9, "days"), (2**70, "seconds"),
+    (8_766_001, "hours"),
+])
+def test_interval_delta_rejects_what_the_column_or_a_date_cannot_hold(every: int, period: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        sched.interval_delta(every, period)
+    assert caught.value.field == "every"
+    assert str(every) in str(caught.value)
+
+
+def test_the_longest_intervals_are_accepted() -> None:
+    assert sched.interval_delta(365_250, "days") == sched.MAX_INTERVAL
+    assert sched.interval_delta(2**31 - 1, "seconds") == timedelta(seconds=2**31 - 1)
+
+
 # -- next_interval ----------------------------------------------------------------------
 
 def test_next_interval_is_the_next_slot_when_nothing_was_missed() -> None:
