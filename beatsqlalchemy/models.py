@@ -351,20 +351,11 @@ class SolarSchedule(ScheduleMixin, Base):
 
     @validates("event")
     def _event(self, _key: str, value: Any) -> str:
-        if value not in sched.SOLAR_EVENTS:
-            raise ValidationError("event", value, f"must be one of {', '.join(sched.SOLAR_EVENTS)}")
-        return str(value)
+        return sched.solar_event(value)
 
     @validates("latitude", "longitude")
     def _coordinate(self, key: str, value: Any) -> Decimal:
-        limit = 90 if key == "latitude" else 180
-        try:
-            number = Decimal(str(value)).quantize(Decimal("0.000001"))
-        except Exception as exc:
-            raise ValidationError(key, value, "must be a number") from exc
-        if isinstance(value, bool) or not (-limit <= number <= limit):
-            raise ValidationError(key, value, f"must lie between -{limit} and {limit}")
-        return number
+        return sched.coordinate(key, value)
 
     def spec(self) -> sched.Solar:
         return sched.Solar(self.event, float(self.latitude), float(self.longitude))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -46,6 +47,7 @@ MAX_EVERY = {period: min(INT32_MAX, MAX_INTERVAL // timedelta(**{period: 1})) fo
 _TINY = timedelta(microseconds=1)
 _SEARCH_YEARS = 29  # reaches any Feb 29 that also has to fall on a given weekday
 _DAY = timedelta(days=1)
+_MICRO_DEGREE = Decimal("0.000001")
 
 
 def utcnow() -> datetime:
@@ -240,6 +242,31 @@ def next_interval(every: timedelta, anchor: datetime, now: datetime) -> datetime
         return anchor + every * (missed + 1)
     except OverflowError:
         return None
+
+
+def solar_event(event: Any) -> str:
+    """A solar event's name, or a ValidationError naming it."""
+    if not isinstance(event, str) or event not in SOLAR_EVENTS:
+        raise ValidationError("event", event, f"must be one of {', '.join(SOLAR_EVENTS)}")
+    return event
+
+
+def coordinate(field: str, value: Any) -> Decimal:
+    """A latitude or longitude in degrees, to six decimal places (the columns' scale)."""
+    limit = 90 if field == "latitude" else 180
+    if isinstance(value, bool):
+        raise ValidationError(field, value, "must be a number")
+    try:
+        number = Decimal(value if isinstance(value, (int, Decimal)) else str(value))
+    except (ArithmeticError, ValueError, TypeError) as exc:
+        raise ValidationError(field, value, "must be a number") from exc
+    if not number.is_finite():
+        raise ValidationError(field, value, "must be a finite number")
+    if abs(number) <= limit + 1:  # quantize only what has few digits before the point
+        number = number.quantize(_MICRO_DEGREE)
+    if not -limit <= number <= limit:
+        raise ValidationError(field, value, f"must lie between -{limit} and {limit}")
+    return number
 
 
 def next_solar(event: str, latitude: float, longitude: float, after: datetime) -> datetime:

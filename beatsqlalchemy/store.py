@@ -383,15 +383,11 @@ _SPEC_TABLES: dict[str, tuple[Table, Callable[[TaskRow], Any]]] = {
                 lambda r: sched.Cron.parse(r.minute, r.hour, r.day_of_week, r.day_of_month,
                                            r.month_of_year, r.timezone)),
     "solar": (_table(SolarSchedule),
-              lambda r: sched.Solar(_solar_event(r.event), float(r.latitude), float(r.longitude))),
+              lambda r: sched.Solar(sched.solar_event(r.event),
+                                    float(sched.coordinate("latitude", r.latitude)),
+                                    float(sched.coordinate("longitude", r.longitude)))),
     "clocked": (_table(ClockedSchedule), lambda r: sched.Clocked(sched.as_utc(r.clocked_time))),
 }
-
-
-def _solar_event(event: str) -> str:
-    if event not in sched.SOLAR_EVENTS:
-        raise ValidationError("event", event, f"must be one of {', '.join(sched.SOLAR_EVENTS)}")
-    return event
 
 
 def _load_specs(connection: Connection, rows: Sequence[TaskRow]) -> dict[tuple[str, int], Any]:
