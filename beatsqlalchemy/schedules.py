@@ -47,6 +47,8 @@ MAX_EVERY = {period: min(INT32_MAX, MAX_INTERVAL // timedelta(**{period: 1})) fo
 _TINY = timedelta(microseconds=1)
 _SEARCH_YEARS = 29  # reaches any Feb 29 that also has to fall on a given weekday
 _DAY = timedelta(days=1)
+_TWO_DAYS = timedelta(days=2)
+_MONTH = timedelta(days=32)  # from the 1st, always into the next month
 _MICRO_DEGREE = Decimal("0.000001")
 
 
@@ -119,6 +121,15 @@ def split_cron(expression: str) -> dict[str, str]:
     return fields
 
 
+def _shift(tz: ZoneInfo, moment: datetime) -> timedelta:
+    """How far the UTC offset moves within a day or so of ``moment``: zero away from
+    offset changes. (``utcoffset`` reads the UTC fields as a wall time, hence the two
+    days: the window covers at least a day and a half either side.)"""
+    later, earlier = tz.utcoffset(moment + _TWO_DAYS), tz.utcoffset(moment - _TWO_DAYS)
+    assert later is not None and earlier is not None
+    return abs(later - earlier)
+
+
 @dataclass(frozen=True)
 class Cron:
     """A parsed crontab: the matching values of each field and the timezone."""
@@ -144,47 +155,65 @@ class Cron:
         return _parse_cron(minute, hour, day_of_week, day_of_month, month_of_year, timezone_name)
 
     def next_after(self, after: datetime) -> datetime | None:
-        """The first run strictly after ``after`` (aware), in UTC; None if there is none."""
+        """The first run strictly after ``after`` (aware), in UTC; None if there is none
+        (within _SEARCH_YEARS, or before datetime.max)."""
         after = as_utc(after)
-        # Near a DST change a wall time up to the shift before ``after`` can map to a
-        # later instant (a skipped time runs at the old offset), so look back that far.
-        shift = abs(self.tz.utcoffset(after + _DAY) - self.tz.utcoffset(after - _DAY))  # type: ignore[operator]
-        start = after.astimezone(self.tz).replace(tzinfo=None) - shift
-        day, floor = start.date(), (start.hour, start.minute)
-        end = day + timedelta(days=366 * _SEARCH_YEARS)
-        while day <= end:
-            if day.month not in self.months:
-                day = (day.replace(day=1) + timedelta(days=32)).replace(day=1)
-            else:
+        tz = self.tz
+        try:
+            # Near an offset change a wall time up to the shift before ``after`` can map
+            # to a later instant (a skipped time runs at the old offset): look back that far.
+            shift = _shift(tz, after)
+        except OverflowError:  # within two days of datetime.min or max
+            shift = timedelta(0)
+        try:
+            start = after.astimezone(tz).replace(tzinfo=None) - shift
+            day = start.date()
+            end = day + timedelta(days=366 * _SEARCH_YEARS) if day.year < 9000 else date.max
+        except OverflowError:
+            return None  # within a day of datetime.min or max
+        # Wall times are tried in order; the first run found is the answer unless the
+        # offset changes near it. Then a later wall time (a second occurrence, or one
+        # after a skipped span) can still run earlier: look on for as long as the shift.
+        both = bool(shift) and self.every_hour  # second occurrences of repeated wall times
+        best: datetime | None = None
+        limit: datetime | None = None  # the last wall time that can still run earlier
+        hours, minutes, floor_hour, floor_minute = self.hours, self.minutes, start.hour, start.minute
+        try:
+            while day <= end:
+                if limit is not None and day > limit.date():
+                    return best
+                if day.month not in self.months:
+                    day = (day.replace(day=1) + _MONTH).replace(day=1)
+                    floor_hour = floor_minute = 0
+                    continue
                 if day.day in self.days_of_month and (day.isoweekday() % 7) in self.days_of_week:
-                    found = self._first_on(day, after, floor, (0, 1) if shift and self.every_hour else (0,))
-                    if found is not None:
-                        return found
+                    for hour in hours[bisect.bisect_left(hours, floor_hour):]:
+                        for minute in (minutes if hour != floor_hour
+                                       else minutes[bisect.bisect_left(minutes, floor_minute):]):
+                            wall = datetime(day.year, day.month, day.day, hour, minute, tzinfo=tz)
+                            if limit is not None and wall > limit:
+                                return best
+                            found = wall.astimezone(UTC)
+                            if found <= after:
+                                if not both:
+                                    continue
+                                # a repeated wall time runs again at its second occurrence
+                                # (fold=1 maps later); a skipped one only at the old offset
+                                found = wall.replace(fold=1).astimezone(UTC)
+                                if found <= after:
+                                    continue
+                            if best is None or found < best:
+                                best = found
+                            if limit is None:
+                                spread = shift if best - after < _DAY else _shift(tz, best)
+                                if not spread:
+                                    return best
+                                limit = wall + spread
                 day += _DAY
-            floor = (0, 0)
-        return None
-
-    def _first_on(
-        self, day: date, after: datetime, floor: tuple[int, int], folds: tuple[int, ...]
-    ) -> datetime | None:
-        # An hour repeated by a fall-back change runs again for crontabs that run every
-        # hour (as cron does), and once for those that name their hours.
-        for hour in self.hours[bisect.bisect_left(self.hours, floor[0]):]:
-            minutes = self.minutes
-            if hour == floor[0]:
-                minutes = minutes[bisect.bisect_left(minutes, floor[1]):]
-            found: datetime | None = None
-            for minute in minutes:
-                for fold in folds:
-                    wall = datetime(day.year, day.month, day.day, hour, minute, tzinfo=self.tz, fold=fold)
-                    moment = wall.astimezone(UTC)
-                    if moment > after and (found is None or moment < found):
-                        found = moment
-                if found is not None and len(folds) == 1:
-                    return found
-            if found is not None:
-                return found
-        return None
+                floor_hour = floor_minute = 0
+        except OverflowError:
+            pass  # the next wall time is past datetime.max in UTC: nothing later runs
+        return best
 
     @property
     def every_hour(self) -> bool:
