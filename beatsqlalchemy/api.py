@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import math
 import os
 import socket
 import uuid
@@ -58,6 +59,8 @@ def option_fields(options: Mapping[str, Any] | None) -> dict[str, Any]:
             if isinstance(value, timedelta):
                 fields["expire_seconds"] = int(value.total_seconds())
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                if not math.isfinite(value):
+                    raise ValidationError("expires", value, "must be a finite number of seconds")
                 fields["expire_seconds"] = int(value)
             elif isinstance(value, (datetime, str)):
                 fields["expires"] = value

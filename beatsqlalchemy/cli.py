@@ -496,9 +496,16 @@ def parse_duration(value: str) -> timedelta:
     if (not text or "".join(n + u for n, u in parts) != text or any(u not in _UNITS for _, u in parts)
             or (len(parts) > 1 and any(not u for _, u in parts))):
         raise ValidationError("every", value, "a duration such as 30s, 5m, 2h, 1d or 1h30m")
-    delta = sum((timedelta(**{_UNITS[u]: int(n)}) for n, u in parts), timedelta())
+    from .schedules import MAX_INTERVAL
+
+    try:
+        delta = sum((timedelta(**{_UNITS[u]: int(n)}) for n, u in parts), timedelta())
+    except (OverflowError, ValueError):  # beyond timedelta, or an int of over 4,300 digits
+        delta = timedelta.max
     if delta <= timedelta(0):
         raise ValidationError("every", value, "must be longer than zero")
+    if delta > MAX_INTERVAL:
+        raise ValidationError("every", value, f"must be at most {MAX_INTERVAL.days} days")
     return delta
 
 
@@ -543,7 +550,7 @@ def _schedule(obj: Context, every: str | None, cron: str | None, tz: str | None,
 
 
 def _parse_at(value: str, tz: str | None) -> datetime:
-    from .schedules import zone
+    from .schedules import checked_utc, zone
 
     try:
         moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
@@ -551,19 +558,23 @@ def _parse_at(value: str, tz: str | None) -> datetime:
         raise ValidationError("at", value, "not an ISO 8601 date and time (2030-01-31T09:00)") from None
     if moment.tzinfo is None and tz:
         moment = moment.replace(tzinfo=zone(tz))
+    checked_utc("at", moment, value)
     return moment
 
 
 def _expires(value: str) -> dict[str, Any]:
+    from .schedules import checked_utc
+
     text = value.strip()
     if text.lower() in ("", "none"):
         return {"expires": None, "expire_seconds": None}
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return {"expires": None, "expire_seconds": int(text)}
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ValidationError("expires", value, "seconds, or an ISO 8601 date and time") from None
+    checked_utc("expires", moment, value)
     return {"expires": moment, "expire_seconds": None}
 
 
@@ -846,7 +857,7 @@ def import_(obj: Context, file: IO[str] | None, from_app: bool) -> None:
     assert file is not None
     try:
         entries = json.load(file)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InputError(f"file: invalid value {file.name!r}: not valid JSON: {exc}") from None
     with obj.session() as session:
         created, updated = api.import_tasks(session, entries)

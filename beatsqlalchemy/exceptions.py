@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+#: longest representation of a bad value shown in a message
+SHOWN_LENGTH = 1000
+
 
 class BeatSQLAlchemyError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -16,7 +19,21 @@ class ValidationError(BeatSQLAlchemyError, ValueError):
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"{field}: invalid value {value!r}: {reason}")
+        super().__init__(f"{field}: invalid value {shown(value)}: {reason}")
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to SHOWN_LENGTH characters; a stand-in when repr fails (an int
+    of more than 4,300 digits, a broken ``__repr__``)."""
+    try:
+        text = repr(value)
+    except Exception:
+        if isinstance(value, int):
+            digits = int(value.bit_length() * 0.30102999566398120)  # log10(2)
+            digits += abs(value) >= 10**digits
+            return f"<int with {digits} digits>"
+        return f"<{type(value).__name__} object>"
+    return text if len(text) <= SHOWN_LENGTH else f"{text[:SHOWN_LENGTH]}... ({len(text)} characters)"
 
 
 class TaskNotFound(BeatSQLAlchemyError, LookupError):

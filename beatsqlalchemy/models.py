@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from celery.schedules import BaseSchedule
 from celery.schedules import crontab as celery_crontab
@@ -57,6 +57,8 @@ SCHEDULE_KINDS = ("interval", "crontab", "solar", "clocked")
 NAME_LENGTH = 200
 #: what a task does with runs it missed (beat down, database out): see ``schedules.on_time``
 MISFIRE_POLICIES = ("catch_up", "skip")
+#: deepest nesting of arrays and objects accepted in a JSON field
+JSON_DEPTH = 100
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -95,6 +97,7 @@ def as_datetime(field: str, value: Any) -> datetime | None:
     """A datetime (or ISO string) as aware UTC; None stays None."""
     if value is None:
         return None
+    given = value
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
@@ -102,23 +105,57 @@ def as_datetime(field: str, value: Any) -> datetime | None:
             raise ValidationError(field, value, "not an ISO 8601 date and time") from exc
     if not isinstance(value, datetime):
         raise ValidationError(field, value, "must be a datetime")
-    return sched.as_utc(value)
+    return sched.checked_utc(field, value, given)
+
+
+def parse_json(field: str, text: str | bytes) -> Any:
+    """Strict JSON text: no NaN or Infinity, nested at most JSON_DEPTH levels."""
+    def refuse(constant: str) -> NoReturn:
+        raise ValidationError(field, float(constant), "NaN and Infinity are not valid JSON")
+
+    try:
+        value = json.loads(text, parse_constant=refuse)
+    except RecursionError:
+        raise ValidationError(field, text, f"nested deeper than {JSON_DEPTH} levels") from None
+    except ValidationError:
+        raise
+    except ValueError as exc:
+        raise ValidationError(field, text, f"not valid JSON: {exc}") from exc
+    if not _nested_within(value, JSON_DEPTH):
+        raise ValidationError(field, text, f"nested deeper than {JSON_DEPTH} levels")
+    return value
+
+
+def _nested_within(value: Any, depth: int) -> bool:
+    """Whether lists, tuples and dicts nest at most ``depth`` levels; depth first and
+    without recursion, so that a cycle is simply too deep."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, (list, tuple, dict)) else []
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, (list, tuple, dict)):
+                if level >= depth:
+                    return False
+                stack.append((child, level + 1))
+    return True
 
 
 def as_json(field: str, value: Any, kind: type) -> Any:
-    """A list/dict, or a JSON string of one, checked to encode as JSON."""
-    if isinstance(value, (str, bytes)):
-        try:
-            value = json.loads(value)
-        except ValueError as exc:
-            raise ValidationError(field, value, f"not valid JSON: {exc}") from exc
+    """A list/dict, or a JSON string of one, checked to encode as strict JSON (no NaN or
+    Infinity, no lone surrogates, nested at most JSON_DEPTH levels)."""
+    text = isinstance(value, (str, bytes))
+    if text:
+        value = parse_json(field, value)
     if kind is list and isinstance(value, tuple):
         value = list(value)
     if not isinstance(value, kind):
         raise ValidationError(field, value, f"must be a JSON {'array' if kind is list else 'object'}")
+    if not text and not _nested_within(value, JSON_DEPTH):
+        raise ValidationError(field, value, f"nested deeper than {JSON_DEPTH} levels")
     try:
-        json.dumps(value)
-    except (TypeError, ValueError) as exc:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise ValidationError(field, value, f"cannot be stored as JSON: {exc}") from exc
     return value
 
@@ -131,6 +168,19 @@ def as_name(field: str, value: Any, optional: bool = False) -> str | None:
         raise ValidationError(field, value, "must be a non-empty string")
     if len(value) > NAME_LENGTH:
         raise ValidationError(field, value, f"longer than {NAME_LENGTH} characters")
+    return as_text(field, value)
+
+
+def as_text(field: str, value: str) -> str:
+    """``value`` if every database can store it: no NUL character (PostgreSQL refuses
+    them) and no lone surrogate (not encodable as UTF-8)."""
+    if "\x00" in value:
+        raise ValidationError(field, value, "must not contain NUL characters")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValidationError(field, value, "must be valid Unicode text (a lone surrogate)") from None
     return value
 
 
@@ -187,13 +237,14 @@ class IntervalSchedule(ScheduleMixin, Base):
 
     @validates("every")
     def _every(self, _key: str, value: Any) -> int:
-        return as_int("every", value, 1) or 1
+        return sched.check_every(value, self.period)
 
     @validates("period")
     def _period(self, _key: str, value: Any) -> str:
-        if value not in sched.PERIODS:
-            raise ValidationError("period", value, f"must be one of {', '.join(sched.PERIODS)}")
-        return str(value)
+        period = sched.check_period(value)
+        if self.every is not None:
+            sched.check_every(self.every, period)
+        return period
 
     def spec(self) -> sched.Interval:
         return sched.Interval(sched.interval_delta(self.every, self.period))
@@ -302,20 +353,11 @@ class SolarSchedule(ScheduleMixin, Base):
 
     @validates("event")
     def _event(self, _key: str, value: Any) -> str:
-        if value not in sched.SOLAR_EVENTS:
-            raise ValidationError("event", value, f"must be one of {', '.join(sched.SOLAR_EVENTS)}")
-        return str(value)
+        return sched.solar_event(value)
 
     @validates("latitude", "longitude")
     def _coordinate(self, key: str, value: Any) -> Decimal:
-        limit = 90 if key == "latitude" else 180
-        try:
-            number = Decimal(str(value)).quantize(Decimal("0.000001"))
-        except Exception as exc:
-            raise ValidationError(key, value, "must be a number") from exc
-        if isinstance(value, bool) or not (-limit <= number <= limit):
-            raise ValidationError(key, value, f"must lie between -{limit} and {limit}")
-        return number
+        return sched.coordinate(key, value)
 
     def spec(self) -> sched.Solar:
         return sched.Solar(self.event, float(self.latitude), float(self.longitude))
@@ -487,7 +529,7 @@ class PeriodicTask(Base):
 
     @validates("expire_seconds")
     def _expire_seconds(self, key: str, value: Any) -> int | None:
-        return as_int(key, value, 0)
+        return as_int(key, value, 0, sched.INT32_MAX)
 
     @validates("expires", "start_time", "last_run_at", "next_run_at")
     def _moment(self, key: str, value: Any) -> datetime | None:
@@ -509,7 +551,7 @@ class PeriodicTask(Base):
             return ""
         if not isinstance(value, str):
             raise ValidationError(key, value, "must be a string")
-        return value
+        return as_text(key, value)
 
     # -- derived ----------------------------------------------------------------
 
@@ -704,7 +746,10 @@ def schedule_fields(kind: str, value: Any) -> dict[str, Any]:
     if kind == "interval" and isinstance(value, (celery_schedule, timedelta, int, float)):
         delta = value.run_every if isinstance(value, celery_schedule) else value
         if not isinstance(delta, timedelta):
-            delta = timedelta(seconds=delta)
+            try:
+                delta = timedelta(seconds=delta)
+            except (OverflowError, ValueError) as exc:  # too long, NaN
+                raise ValidationError(kind, value, f"not a usable number of seconds: {exc}") from exc
         return interval_fields(delta)
     if kind == "solar" and isinstance(value, celery_solar):
         return {"event": value.event, "latitude": value.lat, "longitude": value.lon}

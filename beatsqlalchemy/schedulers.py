@@ -346,10 +346,12 @@ class DatabaseScheduler(Scheduler):
                 self._bad_rows[name] = reason
 
     def _db_failed(self, exc: BaseException, doing: str) -> None:
+        """Log the first of a run of database errors (an outage, a missing grant) once,
+        with its reason, and retry with back-off."""
         if self._outage_since is None:
             self._outage_since = time.monotonic()
             logger.error(
-                "beat: database %s unavailable while %s (%s); keeping %d scheduled run(s) "
+                "beat: database %s error while %s (%s); keeping %d scheduled run(s) "
                 "in memory and retrying", redact(self.config.url), doing, describe(exc),
                 len(self._window),
             )
@@ -358,7 +360,7 @@ class DatabaseScheduler(Scheduler):
 
     def _db_ok(self) -> None:
         if self._outage_since is not None:
-            logger.warning("beat: database available again after %.1fs",
+            logger.warning("beat: database working again after %.1fs",
                            time.monotonic() - self._outage_since)
             self._outage_since = None
             self._retry_delay = 0.0

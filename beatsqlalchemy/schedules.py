@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -36,9 +37,19 @@ CRON_FIELDS: dict[str, tuple[int, int]] = {
     "month_of_year": (12, 1),
 }
 CRON_ORDER = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+#: the largest value of the INTEGER columns (every, expire_seconds) on PostgreSQL and MySQL
+INT32_MAX = 2**31 - 1
+#: the longest interval: far inside timedelta's range, and short enough to add to any
+#: time a task can run at until about the year 9000
+MAX_INTERVAL = timedelta(days=365_250)  # 1,000 years
+#: the largest ``every`` of each period
+MAX_EVERY = {period: min(INT32_MAX, MAX_INTERVAL // timedelta(**{period: 1})) for period in PERIODS}
 _TINY = timedelta(microseconds=1)
 _SEARCH_YEARS = 29  # reaches any Feb 29 that also has to fall on a given weekday
 _DAY = timedelta(days=1)
+_TWO_DAYS = timedelta(days=2)
+_MONTH = timedelta(days=32)  # from the 1st, always into the next month
+_MICRO_DEGREE = Decimal("0.000001")
 
 
 def utcnow() -> datetime:
@@ -47,27 +58,49 @@ def utcnow() -> datetime:
 
 
 def as_utc(value: datetime) -> datetime:
-    """An aware UTC datetime; naive values are taken to be UTC already."""
+    """An aware UTC datetime; naive values are taken to be UTC already. May raise
+    OverflowError for a time within a day of datetime.min or max (see ``checked_utc``)."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
 
 
-@lru_cache(maxsize=512)
+def checked_utc(field: str, value: datetime, given: Any = None) -> datetime:
+    """``as_utc(value)``, or a ValidationError naming ``field`` and ``given`` (the value
+    as the user wrote it; default ``value``) when that falls outside the years 1 to 9999
+    (0001-01-01T00:00+14:00 is in year 0 in UTC)."""
+    try:
+        return as_utc(value)
+    except OverflowError:
+        shown = value if given is None else given
+        raise ValidationError(field, shown, "outside the years 1 to 9999 in UTC") from None
+
+
 def zone(name: str) -> ZoneInfo:
     """The ``ZoneInfo`` for an IANA name, or a ValidationError naming it."""
+    if not isinstance(name, str):
+        raise ValidationError("timezone", name, "unknown IANA timezone")
+    return _zone(name)
+
+
+@lru_cache(maxsize=512)
+def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
         raise ValidationError("timezone", name, "unknown IANA timezone") from exc
 
 
-@lru_cache(maxsize=4096)
 def parse_cron_field(field: str, value: str) -> tuple[int, ...]:
     """The sorted values a cron field matches, or a ValidationError."""
-    size, first = CRON_FIELDS[field]
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(field, value, "must be a non-empty cron expression")
+    return _parse_cron_field(field, value)
+
+
+@lru_cache(maxsize=4096)
+def _parse_cron_field(field: str, value: str) -> tuple[int, ...]:
+    size, first = CRON_FIELDS[field]
     try:
         values = crontab_parser(size, first).parse(value.strip().lower())
     except Exception as exc:  # celery raises ValueError, ParseException, ...
@@ -88,6 +121,15 @@ def split_cron(expression: str) -> dict[str, str]:
     return fields
 
 
+def _shift(tz: ZoneInfo, moment: datetime) -> timedelta:
+    """How far the UTC offset moves within a day or so of ``moment``: zero away from
+    offset changes. (``utcoffset`` reads the UTC fields as a wall time, hence the two
+    days: the window covers at least a day and a half either side.)"""
+    later, earlier = tz.utcoffset(moment + _TWO_DAYS), tz.utcoffset(moment - _TWO_DAYS)
+    assert later is not None and earlier is not None
+    return abs(later - earlier)
+
+
 @dataclass(frozen=True)
 class Cron:
     """A parsed crontab: the matching values of each field and the timezone."""
@@ -104,50 +146,74 @@ class Cron:
         cls, minute: str, hour: str, day_of_week: str, day_of_month: str,
         month_of_year: str, timezone_name: str,
     ) -> Cron:
+        fields = (minute, hour, day_of_week, day_of_month, month_of_year)
+        for name, value in zip(CRON_FIELDS, fields, strict=True):
+            if not isinstance(value, str):  # before the cache: a list is unhashable
+                parse_cron_field(name, value)
+        if not isinstance(timezone_name, str):
+            zone(timezone_name)
         return _parse_cron(minute, hour, day_of_week, day_of_month, month_of_year, timezone_name)
 
     def next_after(self, after: datetime) -> datetime | None:
-        """The first run strictly after ``after`` (aware), in UTC; None if there is none."""
+        """The first run strictly after ``after`` (aware), in UTC; None if there is none
+        (within _SEARCH_YEARS, or before datetime.max)."""
         after = as_utc(after)
-        # Near a DST change a wall time up to the shift before ``after`` can map to a
-        # later instant (a skipped time runs at the old offset), so look back that far.
-        shift = abs(self.tz.utcoffset(after + _DAY) - self.tz.utcoffset(after - _DAY))  # type: ignore[operator]
-        start = after.astimezone(self.tz).replace(tzinfo=None) - shift
-        day, floor = start.date(), (start.hour, start.minute)
-        end = day + timedelta(days=366 * _SEARCH_YEARS)
-        while day <= end:
-            if day.month not in self.months:
-                day = (day.replace(day=1) + timedelta(days=32)).replace(day=1)
-            else:
+        tz = self.tz
+        try:
+            # Near an offset change a wall time up to the shift before ``after`` can map
+            # to a later instant (a skipped time runs at the old offset): look back that far.
+            shift = _shift(tz, after)
+        except OverflowError:  # within two days of datetime.min or max
+            shift = timedelta(0)
+        try:
+            start = after.astimezone(tz).replace(tzinfo=None) - shift
+            day = start.date()
+            end = day + timedelta(days=366 * _SEARCH_YEARS) if day.year < 9000 else date.max
+        except OverflowError:
+            return None  # within a day of datetime.min or max
+        # Wall times are tried in order; the first run found is the answer unless the
+        # offset changes near it. Then a later wall time (a second occurrence, or one
+        # after a skipped span) can still run earlier: look on for as long as the shift.
+        both = bool(shift) and self.every_hour  # second occurrences of repeated wall times
+        best: datetime | None = None
+        limit: datetime | None = None  # the last wall time that can still run earlier
+        hours, minutes, floor_hour, floor_minute = self.hours, self.minutes, start.hour, start.minute
+        try:
+            while day <= end:
+                if limit is not None and day > limit.date():
+                    return best
+                if day.month not in self.months:
+                    day = (day.replace(day=1) + _MONTH).replace(day=1)
+                    floor_hour = floor_minute = 0
+                    continue
                 if day.day in self.days_of_month and (day.isoweekday() % 7) in self.days_of_week:
-                    found = self._first_on(day, after, floor, (0, 1) if shift and self.every_hour else (0,))
-                    if found is not None:
-                        return found
+                    for hour in hours[bisect.bisect_left(hours, floor_hour):]:
+                        for minute in (minutes if hour != floor_hour
+                                       else minutes[bisect.bisect_left(minutes, floor_minute):]):
+                            wall = datetime(day.year, day.month, day.day, hour, minute, tzinfo=tz)
+                            if limit is not None and wall > limit:
+                                return best
+                            found = wall.astimezone(UTC)
+                            if found <= after:
+                                if not both:
+                                    continue
+                                # a repeated wall time runs again at its second occurrence
+                                # (fold=1 maps later); a skipped one only at the old offset
+                                found = wall.replace(fold=1).astimezone(UTC)
+                                if found <= after:
+                                    continue
+                            if best is None or found < best:
+                                best = found
+                            if limit is None:
+                                spread = shift if best - after < _DAY else _shift(tz, best)
+                                if not spread:
+                                    return best
+                                limit = wall + spread
                 day += _DAY
-            floor = (0, 0)
-        return None
-
-    def _first_on(
-        self, day: date, after: datetime, floor: tuple[int, int], folds: tuple[int, ...]
-    ) -> datetime | None:
-        # An hour repeated by a fall-back change runs again for crontabs that run every
-        # hour (as cron does), and once for those that name their hours.
-        for hour in self.hours[bisect.bisect_left(self.hours, floor[0]):]:
-            minutes = self.minutes
-            if hour == floor[0]:
-                minutes = minutes[bisect.bisect_left(minutes, floor[1]):]
-            found: datetime | None = None
-            for minute in minutes:
-                for fold in folds:
-                    wall = datetime(day.year, day.month, day.day, hour, minute, tzinfo=self.tz, fold=fold)
-                    moment = wall.astimezone(UTC)
-                    if moment > after and (found is None or moment < found):
-                        found = moment
-                if found is not None and len(folds) == 1:
-                    return found
-            if found is not None:
-                return found
-        return None
+                floor_hour = floor_minute = 0
+        except OverflowError:
+            pass  # the next wall time is past datetime.max in UTC: nothing later runs
+        return best
 
     @property
     def every_hour(self) -> bool:
@@ -169,23 +235,67 @@ def _parse_cron(
     )
 
 
-def interval_delta(every: Any, period: Any) -> timedelta:
-    """The timedelta of an interval, or a ValidationError naming the bad field."""
+def check_period(period: Any) -> str:
+    """An interval's period, or a ValidationError naming it."""
+    if not isinstance(period, str) or period not in PERIODS:
+        raise ValidationError("period", period, f"must be one of {', '.join(PERIODS)}")
+    return period
+
+
+def check_every(every: Any, period: str | None = None) -> int:
+    """An interval's ``every``: a whole number from 1 to what its INTEGER column holds
+    and, given the period, to MAX_INTERVAL."""
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValidationError("every", every, "must be a whole number of at least 1")
-    if period not in PERIODS:
-        raise ValidationError("period", period, f"must be one of {', '.join(PERIODS)}")
-    return timedelta(**{period: every})
+    most = INT32_MAX if period is None else MAX_EVERY[period]
+    if every > most:
+        unit = f" {period}" if period is not None else ""
+        raise ValidationError("every", every, f"must be at most {most}{unit}")
+    return every
 
 
-def next_interval(every: timedelta, anchor: datetime, now: datetime) -> datetime:
+def interval_delta(every: Any, period: Any) -> timedelta:
+    """The timedelta of an interval, or a ValidationError naming the bad field."""
+    period = check_period(period)
+    return timedelta(**{period: check_every(every, period)})
+
+
+def next_interval(every: timedelta, anchor: datetime, now: datetime) -> datetime | None:
     """The first time ``anchor + k * every`` (k >= 1) later than ``now``: keeps the phase
-    and skips the slots missed while beat was down."""
+    and skips the slots missed while beat was down. None past datetime.max."""
     anchor, now = as_utc(anchor), as_utc(now)
-    if anchor + every > now:
-        return anchor + every
-    missed = (now - anchor) // every
-    return anchor + every * (missed + 1)
+    try:
+        if anchor + every > now:
+            return anchor + every
+        missed = (now - anchor) // every
+        return anchor + every * (missed + 1)
+    except OverflowError:
+        return None
+
+
+def solar_event(event: Any) -> str:
+    """A solar event's name, or a ValidationError naming it."""
+    if not isinstance(event, str) or event not in SOLAR_EVENTS:
+        raise ValidationError("event", event, f"must be one of {', '.join(SOLAR_EVENTS)}")
+    return event
+
+
+def coordinate(field: str, value: Any) -> Decimal:
+    """A latitude or longitude in degrees, to six decimal places (the columns' scale)."""
+    limit = 90 if field == "latitude" else 180
+    if isinstance(value, bool):
+        raise ValidationError(field, value, "must be a number")
+    try:
+        number = Decimal(value if isinstance(value, (int, Decimal)) else str(value))
+    except (ArithmeticError, ValueError, TypeError) as exc:
+        raise ValidationError(field, value, "must be a number") from exc
+    if not number.is_finite():
+        raise ValidationError(field, value, "must be a finite number")
+    if abs(number) <= limit + 1:  # quantize only what has few digits before the point
+        number = number.quantize(_MICRO_DEGREE)
+    if not -limit <= number <= limit:
+        raise ValidationError(field, value, f"must lie between -{limit} and {limit}")
+    return number
 
 
 def next_solar(event: str, latitude: float, longitude: float, after: datetime) -> datetime:
@@ -233,10 +343,11 @@ def first_run(
     if isinstance(spec, Interval):
         anchor = last_run_at or start_time
         if anchor is None:
-            return now + spec.every
+            return next_interval(spec.every, now, now)
         if start_time is not None and as_utc(start_time) > now and last_run_at is None:
             return as_utc(start_time)
-        return max(next_interval(spec.every, anchor, now), not_before)
+        following = next_interval(spec.every, anchor, now)
+        return None if following is None else max(following, not_before)
     if isinstance(spec, Cron):
         return spec.next_after(not_before - _TINY if not_before > now else now)
     if isinstance(spec, Solar):
@@ -270,7 +381,8 @@ def on_time(spec: Spec, slot: datetime, now: datetime, grace: float) -> bool:
     if slot >= earliest:
         return True
     if isinstance(spec, Interval):
-        return next_interval(spec.every, slot, now) - spec.every >= earliest
+        following = next_interval(spec.every, slot, now)
+        return following is None or following - spec.every >= earliest
     if isinstance(spec, Cron):
         following = spec.next_after(earliest - _TINY)
         return following is not None and following <= now

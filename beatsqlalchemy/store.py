@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -46,6 +45,7 @@ from .models import (
     PeriodicTask,
     PeriodicTaskRun,
     SolarSchedule,
+    parse_json,
 )
 
 logger = logging.getLogger(__name__)
@@ -512,10 +512,7 @@ class Store:
 def _loads(field: str, raw: str | None, kind: type, default: Any) -> Any:
     if raw is None:
         return default
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise ValidationError(field, raw, f"not valid JSON: {exc}") from exc
+    value = parse_json(field, raw)
     if value is None:
         return default
     if not isinstance(value, kind):
@@ -552,15 +549,11 @@ _SPEC_TABLES: dict[str, tuple[Table, Callable[[TaskRow], Any]]] = {
                 lambda r: sched.Cron.parse(r.minute, r.hour, r.day_of_week, r.day_of_month,
                                            r.month_of_year, r.timezone)),
     "solar": (_table(SolarSchedule),
-              lambda r: sched.Solar(_solar_event(r.event), float(r.latitude), float(r.longitude))),
+              lambda r: sched.Solar(sched.solar_event(r.event),
+                                    float(sched.coordinate("latitude", r.latitude)),
+                                    float(sched.coordinate("longitude", r.longitude)))),
     "clocked": (_table(ClockedSchedule), lambda r: sched.Clocked(sched.as_utc(r.clocked_time))),
 }
-
-
-def _solar_event(event: str) -> str:
-    if event not in sched.SOLAR_EVENTS:
-        raise ValidationError("event", event, f"must be one of {', '.join(sched.SOLAR_EVENTS)}")
-    return event
 
 
 def _load_specs(connection: Connection, rows: Sequence[TaskRow]) -> dict[tuple[str, int], Any]:

@@ -402,6 +402,53 @@ def test_next_after_from_just_before_a_skipped_time() -> None:
     assert spec.next_after(utc(2024, 3, 31, 1, 30)) == utc(2024, 4, 1, 0, 30)
 
 
+def test_next_after_in_a_repeated_span_that_is_not_one_hour() -> None:
+    """Chatham repeats 02:45-03:44 (+13:45 -> +12:45): every quarter hour of real time
+    runs once, the first occurrences of 03:00-03:30 before the second 02:45."""
+    spec = cron("*/15 * * * *", "Pacific/Chatham")
+    assert spec.next_after(utc(2024, 4, 6, 13, 0)) == utc(2024, 4, 6, 13, 15)
+    assert spec.next_after(utc(2024, 4, 6, 13, 45)) == utc(2024, 4, 6, 14, 0)
+
+
+def test_next_after_when_two_hours_repeat() -> None:
+    """Troll falls back two hours (03:00 +02 -> 01:00 +00): 02:00 +02 is not skipped."""
+    spec = cron("0 * * * *", "Antarctica/Troll")
+    assert runs_between(spec, utc(2024, 10, 26, 22, 30), utc(2024, 10, 27, 2, 30)) == [
+        utc(2024, 10, 26, 23), utc(2024, 10, 27, 0), utc(2024, 10, 27, 1), utc(2024, 10, 27, 2)]
+
+
+def test_next_after_a_two_hour_gap_with_named_hours() -> None:
+    """Troll springs forward two hours (01:00 +00 -> 03:00 +02): 03:10 +02 (01:10 UTC)
+    comes before the skipped 02:10, which runs at the old offset (02:10 UTC)."""
+    spec = cron("10 2,3 * * *", "Antarctica/Troll")
+    assert runs_between(spec, utc(2024, 3, 31, 0), utc(2024, 3, 31, 3)) == [
+        utc(2024, 3, 31, 1, 10), utc(2024, 3, 31, 2, 10)]
+
+
+def test_a_skipped_time_of_an_every_hour_crontab_runs_once() -> None:
+    """Lord Howe skips 02:00-02:29 (+10:30 -> +11:00): 02:05 runs once, at +10:30."""
+    spec = cron("5 * * * *", "Australia/Lord_Howe")
+    assert runs_between(spec, utc(2024, 10, 5, 14), utc(2024, 10, 5, 17)) == [
+        utc(2024, 10, 5, 14, 35), utc(2024, 10, 5, 15, 35), utc(2024, 10, 5, 16, 5)]
+
+
+def test_next_after_near_datetime_max() -> None:
+    """The last representable run is found; after it there is none (no OverflowError)."""
+    daily = cron("0 0 * * *", "UTC")
+    assert daily.next_after(utc(9999, 12, 30, 12)) == utc(9999, 12, 31)
+    assert daily.next_after(utc(9999, 12, 31)) is None
+    assert cron("0 0 * * *", "Pacific/Kiritimati").next_after(utc(9999, 12, 30, 12)) is None
+    assert cron("0 0 1 1 *", "UTC").next_after(utc(9999, 1, 1)) is None
+    start = datetime(9999, 12, 31, tzinfo=timezone.utc)
+    assert first_run(daily, utc(2030, 1, 1), start_time=start) == start
+
+
+def test_interval_runs_near_datetime_max_end() -> None:
+    spec = Interval(timedelta(hours=1))
+    assert after_run(spec, utc(9999, 12, 31, 23), utc(9999, 12, 31, 23)) is None
+    assert first_run(spec, utc(2030, 1, 1), last_run_at=utc(9999, 12, 31, 23, 30)) is None
+
+
 # -- interval_delta -------------------------------------------------------------------
 
 @pytest.mark.parametrize(
@@ -433,6 +480,22 @@ def test_interval_delta_rejects_unknown_period(period: object) -> None:
         sched.interval_delta(5, period)
     assert caught.value.field == "period"
     assert repr(period) in str(caught.value)
+
+
+@pytest.mark.parametrize(("every", "period"), [
+    (2**31, "seconds"), (2**31, "microseconds"), (365_251, "days"), (10**9, "days"), (2**70, "seconds"),
+    (8_766_001, "hours"),
+])
+def test_interval_delta_rejects_what_the_column_or_a_date_cannot_hold(every: int, period: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        sched.interval_delta(every, period)
+    assert caught.value.field == "every"
+    assert str(every) in str(caught.value)
+
+
+def test_the_longest_intervals_are_accepted() -> None:
+    assert sched.interval_delta(365_250, "days") == sched.MAX_INTERVAL
+    assert sched.interval_delta(2**31 - 1, "seconds") == timedelta(seconds=2**31 - 1)
 
 
 # -- next_interval ----------------------------------------------------------------------

@@ -45,8 +45,8 @@ BACKENDS = ("postgresql", "mysql")
 RESUME_BOUND = 2.0
 #: name -> every (seconds)
 TASKS = {"every1-a": 1, "every1-b": 1, "every2": 2}
-OUTAGE_START = re.compile(r"beat: database \S+ unavailable while")
-OUTAGE_END = re.compile(r"beat: database available again after")
+OUTAGE_START = re.compile(r"beat: database \S+ error while")
+OUTAGE_END = re.compile(r"beat: database working again after")
 #: a log line of WARNING or worse, in Celery's format ``[time: LEVEL/process] message``
 LOUD = re.compile(r"^\[[^\]]*: (WARNING|ERROR|CRITICAL)/|Traceback")
 

@@ -50,8 +50,8 @@ PASSWORD = f"Pw-{uuid.uuid4().hex[:12]}-secret"
 #: the six tables beat reads and writes
 TABLES = ("celery_interval_schedule", "celery_crontab_schedule", "celery_solar_schedule",
           "celery_clocked_schedule", "celery_periodic_task", "celery_periodic_task_run")
-OUTAGE_START = re.compile(r"beat: database \S+ unavailable while")
-OUTAGE_END = re.compile(r"beat: database available again after")
+OUTAGE_START = re.compile(r"beat: database \S+ error while")
+OUTAGE_END = re.compile(r"beat: database working again after")
 INSTALLED = re.compile(r"beat: \d+ task\(s\) from beat_schedule installed")
 
 #: names, Celery task names, arguments that would break SQL built by string formatting

@@ -56,16 +56,6 @@ PROPERTY_SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 
-REPEATED_SPAN_BUG = (
-    "Cron.next_after skips runs of every-hour crontabs when a fall-back repeats a span that is not "
-    "one whole wall-clock hour: _first_on returns the earliest run of the first hour that has one, "
-    "but a second occurrence (fold=1) in that hour can come after a first occurrence in the next "
-    "hour. Pacific/Chatham 2024-04-07 (03:45 +13:45 -> 02:45 +12:45) repeats 02:45-03:44: after "
-    "the first 02:45 (13:00Z) it returns the second 02:45 (14:00Z), so 03:00, 03:15, 03:30 +13:45 "
-    "(13:15Z-13:45Z) never run; Antarctica/Troll 2024-10-27 (03:00 +02 -> 01:00 +00) repeats two "
-    "hours and 02:00, 02:30 +02 (00:00Z, 00:30Z) never run (also Antarctica/Casey, Antarctica/Vostok)"
-)
-
 #: DST cases checked, reported at the end of the module
 CHECKED: Counter[str] = Counter()
 
@@ -390,22 +380,19 @@ REPEATED_HOUR = [
      [utc(2024, 10, 5, 15, 45)]),
     # Chatham 2024-04-07: 03:45 +13:45 -> 02:45 +12:45 at 14:00Z, 02:45-03:44 happens twice;
     # every quarter hour of real time is a distinct wall time and runs once.
-    pytest.param("Pacific/Chatham", "*/15 * * * *", utc(2024, 4, 6, 12, 20), utc(2024, 4, 6, 14, 30),
-                 [utc(2024, 4, 6, 12, 30) + timedelta(minutes=15 * n) for n in range(9)],
-                 marks=pytest.mark.xfail(strict=True, reason=REPEATED_SPAN_BUG)),
+    ("Pacific/Chatham", "*/15 * * * *", utc(2024, 4, 6, 12, 20), utc(2024, 4, 6, 14, 30),
+     [utc(2024, 4, 6, 12, 30) + timedelta(minutes=15 * n) for n in range(9)]),
     # Troll 2024-10-27: 03:00 +02 -> 01:00 +00 at 01:00Z, 01:00-02:59 happens twice; every
     # half hour of real time is a distinct wall time and runs once.
-    pytest.param("Antarctica/Troll", "*/30 * * * *", utc(2024, 10, 26, 22, 50), utc(2024, 10, 27, 1, 30),
-                 [utc(2024, 10, 26, 23, 0) + timedelta(minutes=30 * n) for n in range(6)],
-                 marks=pytest.mark.xfail(strict=True, reason=REPEATED_SPAN_BUG)),
+    ("Antarctica/Troll", "*/30 * * * *", utc(2024, 10, 26, 22, 50), utc(2024, 10, 27, 1, 30),
+     [utc(2024, 10, 26, 23, 0) + timedelta(minutes=30 * n) for n in range(6)]),
     # ... while 03:00 named explicitly runs once, at its first occurrence (+13:45).
     ("Pacific/Chatham", "0 3 * * *", utc(2024, 4, 6, 12), utc(2024, 4, 6, 16), [utc(2024, 4, 6, 13, 15)]),
 ]
 
 
 @pytest.mark.parametrize(("tz_name", "text", "start", "end", "expected"), REPEATED_HOUR,
-                         ids=[f"{z.split('/')[1]}-{c.replace(' ', '_')}" for z, c, *_ in
-                              (case.values if hasattr(case, "values") else case for case in REPEATED_HOUR)])
+                         ids=[f"{z.split('/')[1]}-{c.replace(' ', '_')}" for z, c, *_ in REPEATED_HOUR])
 def test_repeated_and_skipped_hours_follow_the_documented_rules(
     tz_name: str, text: str, start: datetime, end: datetime, expected: list[datetime],
 ) -> None:
@@ -415,9 +402,8 @@ def test_repeated_and_skipped_hours_follow_the_documented_rules(
 
 
 @pytest.mark.parametrize("tz_name", [
-    *DST_ZONES, "America/Santiago",
-    *(pytest.param(zone, marks=pytest.mark.xfail(strict=True, reason=REPEATED_SPAN_BUG))
-      for zone in ("Pacific/Chatham", "Antarctica/Troll")),
+    *DST_ZONES, "America/Santiago", "Pacific/Chatham", "Antarctica/Troll", "Antarctica/Casey",
+    "Antarctica/Vostok",
 ])
 def test_every_15_minutes_neither_skips_nor_doubles_a_real_time_slot(tz_name: str) -> None:
     """Around every transition of 2024 and 2025 a ``*/15`` task runs at each quarter hour
