@@ -509,9 +509,16 @@ class Store:
 
 # -- row parsing ------------------------------------------------------------------
 
+#: the stored text of an empty array or object, by far the most common args and kwargs
+_EMPTY = {"[]": list, "{}": dict}
+
+
 def _loads(field: str, raw: str | None, kind: type, default: Any) -> Any:
     if raw is None:
         return default
+    empty = _EMPTY.get(raw)
+    if empty is kind:
+        return empty()
     value = parse_json(field, raw)
     if value is None:
         return default

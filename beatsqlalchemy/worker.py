@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import schedules as sched
@@ -28,11 +29,10 @@ logger = logging.getLogger(__name__)
 BEAT_HEADER = "celery_beat_task"
 
 
-def first_start(app: Any, task_id: str, worker: str) -> bool:
+def first_start(engine: Engine, task_id: str, worker: str) -> bool:
     """Whether this is the first start of the beat run ``task_id`` (recorded as such). If
     the database cannot say, the run goes ahead: a duplicate beats a lost run."""
-    config = BeatConfig.from_app(app)
-    store = Store(get_engine(config.url, config.engine_options), worker)
+    store = Store(engine, worker)
     try:
         return store.start(task_id, worker, sched.utcnow())
     except SQLAlchemyError as exc:
@@ -58,8 +58,9 @@ class RunOnceTask(Task):
         request = self.request
         if not is_first_delivery(request):
             return
-        worker = f"{request.hostname or 'worker'}"
-        if not first_start(self.app, task_id, worker):
+        config = BeatConfig.from_app(self.app)
+        engine = get_engine(config.url, config.engine_options)
+        if not first_start(engine, task_id, request.hostname or "worker"):
             logger.warning("beatsqlalchemy: dropping a second copy of beat run %s (%s): "
                            "a worker started it already", task_id, self.name)
             raise Ignore()

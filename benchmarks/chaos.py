@@ -34,6 +34,7 @@ from sqlalchemy import Engine, func, select, update
 
 from beatsqlalchemy import db
 from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
+from beatsqlalchemy.worker import first_start
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 from e2e_harness import CeleryProcess, Processes, wait_for
@@ -86,11 +87,16 @@ class Message:
 
 
 class BrokerReader:
-    """Consumes the test queue in a thread (no worker), recording every message."""
+    """Consumes the test queue in a thread (no worker), recording every message. With
+    ``starts`` it also does, for each message, what a ``RunOnceTask`` worker does before
+    running it: ``starts(task_id)`` records the run's start in the run log."""
 
-    def __init__(self, broker_url: str, queue: str) -> None:
+    def __init__(self, broker_url: str, queue: str, starts: Callable[[str], bool] | None = None) -> None:
         self.broker_url = broker_url
         self.queue = queue
+        self.starts = starts
+        #: task ids whose start ``starts`` refused: copies a worker would have dropped
+        self.dropped: list[str] = []
         self.messages: list[Message] = []
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -130,10 +136,12 @@ class BrokerReader:
         received = time.time()
         headers = dict(message.headers or {})
         args = body[0] if isinstance(body, list | tuple) and body else []
+        task_id = str(headers.get("id"))
         self.messages.append(Message(
-            task=str(headers.get("task")), id=str(headers.get("id")), received=received,
-            headers=headers, args=list(args),
+            task=str(headers.get("task")), id=task_id, received=received, headers=headers, args=list(args),
         ))
+        if self.starts is not None and not self.starts(task_id):
+            self.dropped.append(task_id)
 
     def drain(self, idle: float = 1.5, timeout: float = 30.0) -> None:
         """Wait until no message arrived for ``idle`` seconds, then stop consuming."""
@@ -261,6 +269,10 @@ class Result:
     runs: dict[str, list[tuple[datetime, str, float | None]]] = field(repr=False)
     started: float = 0.0
     ended: float = 0.0
+    #: with ``run_once``: whether the reader played a RunOnceTask worker, and the copies it
+    #: found started already (a worker would have dropped them)
+    run_once: bool = False
+    dropped: int = 0
 
     def count(self, kind: str) -> int:
         return sum(1 for a in self.actions if a.kind == kind)
@@ -274,15 +286,18 @@ class Result:
     def missed(self) -> int:
         return sum(self.missed_slots.values())
 
-    HEADER = ("| backend | duration | beats | tasks | actions (kills/stops/restarts) | runs expected "
-              "| runs sent | duplicates | lost | missed slots | longest gap (s) | takeovers |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|---|")
+    HEADER = ("| backend | workers | duration | beats | tasks | actions (kills/stops/restarts) "
+              "| runs expected | runs sent | duplicates | lost | missed slots | longest gap (s) "
+              "| takeovers |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
     def row(self) -> str:
         kills, stops, restarts = self.count("kill -9"), self.count("SIGSTOP"), self.count("restart")
         actions = f"{kills + stops + restarts} ({kills}/{stops}/{restarts})"
         duplicates = f"{self.duplicate_ids} ids / {self.duplicate_slots} slots ({self.in_flight} in flight)"
-        return (f"| {self.backend} | {self.duration:.0f} s | {self.beats} | {self.tasks} | {actions} "
+        workers = f"RunOnceTask ({self.dropped} dropped)" if self.run_once else "none"
+        return (f"| {self.backend} | {workers} | {self.duration:.0f} s | {self.beats} | {self.tasks} "
+                f"| {actions} "
                 f"| {self.runs_expected} | {self.runs_sent} | {duplicates} | {len(self.lost)} "
                 f"| {self.missed} | {self.longest_gap:.2f} | {len(self.takeovers)} |")
 
@@ -312,7 +327,7 @@ class Scenario:
     def __init__(
         self, db_url: str, broker_url: str, workdir: Path, *, tasks: int = 50, beats: int = 3,
         claim_timeout: float = 3.0, sync_interval: float = 0.5, seed: int | None = None,
-        processes: Processes | None = None,
+        processes: Processes | None = None, run_once: bool = False,
     ) -> None:
         self.db_url = db_url
         self.engine: Engine = db.get_engine(db_url)
@@ -323,7 +338,9 @@ class Scenario:
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
         self.random = random.Random(self.seed)
         self.queue = f"chaos-{uuid.uuid4().hex[:10]}"
-        self.reader = BrokerReader(broker_url, self.queue)
+        self.reader = BrokerReader(broker_url, self.queue, starts=(
+            (lambda task_id: first_start(self.engine, task_id, "chaos-reader")) if run_once else None
+        ))
         self.beats = [Beat(f"beat{i + 1}") for i in range(beats)]
         self.beat_count = beats
         self.actions: list[Action] = []
@@ -577,6 +594,7 @@ class Scenario:
             longest_delay=max(delays, default=0.0), takeovers=takeovers, stalled_skips=skips,
             abandoned=sum(1 for r in log if r.state == "abandoned"), runs=dict(runs),
             senders=dict(Counter(r.sent_by for r in log)), seed=self.seed,
+            run_once=self.reader.starts is not None, dropped=len(self.reader.dropped),
             started=self.t0, ended=ended,
         )
 

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from celery import Celery
 
+from beatsqlalchemy.db import get_engine
 from beatsqlalchemy.worker import first_start, is_first_delivery
 
 
@@ -27,10 +27,9 @@ def test_only_first_deliveries_of_beat_runs_are_checked() -> None:
 
 
 def test_a_database_that_cannot_answer_lets_the_run_go_ahead(caplog: pytest.LogCaptureFixture) -> None:
-    app = Celery("worker-tests", set_as_current=False)
-    app.conf.beat_sqlalchemy_url = "postgresql+psycopg://beat:secret@127.0.0.1:1/nowhere"
+    engine = get_engine("postgresql+psycopg://beat:secret@127.0.0.1:1/nowhere")
     caplog.set_level(logging.WARNING, logger="beatsqlalchemy")
-    assert first_start(app, "00000000-0000-5000-8000-000000000000", "worker-1") is True
+    assert first_start(engine, "00000000-0000-5000-8000-000000000000", "worker-1") is True
     [line] = [r.getMessage() for r in caplog.records]
     assert "could not check whether run 00000000-0000-5000-8000-000000000000 started" in line
     assert "secret" not in line

@@ -14,35 +14,20 @@ from pathlib import Path
 
 import pytest
 from e2e_harness import Cluster, Processes
+from services import flushed_redis, unavailable
 
 REDIS_URL = os.environ.get("BEAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 AMQP_URL = os.environ.get("BEAT_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 LOG_TAIL = 300  # lines of each log shown on failure
 
 PROCESSES_KEY = pytest.StashKey[Processes]()
 
 
-def unavailable(reason: str) -> None:
-    """Skip a test whose service is missing, or fail it in CI."""
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: a missing service is a failure)")
-    pytest.skip(reason)
-
 
 @pytest.fixture
 def redis_url() -> str:
     """The Redis broker URL, its database flushed."""
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.flushdb()
-    except redis.RedisError as exc:
-        unavailable(f"Redis at {REDIS_URL} is unavailable: {exc}")
-    finally:
-        client.close()
-    return REDIS_URL
+    return flushed_redis(REDIS_URL)
 
 
 @pytest.fixture

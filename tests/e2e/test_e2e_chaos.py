@@ -4,9 +4,11 @@ There is no worker: the test reads every task message from the real Redis broker
 itself and compares them with the run log (see ``benchmarks/chaos.py``, shared with
 ``benchmarks/ha_chaos.py``). The bar: no run sent twice, none lost, and no task's runs
 interrupted for longer than the claim timeout plus 2 s; with one beat killed for good,
-the other two keep every task on time. The only duplicates allowed are runs proven in
-flight at a kill -9 or SIGSTOP: on the broker, not yet recorded as sent (no scheduler
-can tell those from runs never published, so they are published again: same task id).
+the other two keep every task on time. Without workers the only duplicates allowed are
+runs proven in flight at a kill -9 or SIGSTOP: on the broker, not yet recorded as sent (no
+scheduler can tell those from runs never published, so they are published again: same
+task id). With the reader doing RunOnceTask's start check, as workers under it do, there
+are none at all.
 """
 
 from __future__ import annotations
@@ -46,12 +48,18 @@ servers = pytest.mark.parametrize("backend", ["postgresql", "mysql"])
 
 
 @pytest.fixture
-def scenario(processes: Processes, redis_url: str, empty_db_url: str, tmp_path: Path
+def run_once() -> bool:
+    """Whether the broker reader also does RunOnceTask's start check (see run_once_scenario)."""
+    return False
+
+
+@pytest.fixture
+def scenario(processes: Processes, redis_url: str, empty_db_url: str, tmp_path: Path, run_once: bool,
              ) -> Iterator[chaos.Scenario]:
     """Three beats (not started yet) on a fresh, migrated database and the Redis broker."""
     migrate.upgrade(db.get_engine(empty_db_url))
-    with chaos.Scenario(empty_db_url, redis_url, tmp_path, tasks=TASKS, beats=3,
-                        claim_timeout=CLAIM_TIMEOUT, seed=SEED, processes=processes) as running:
+    with chaos.Scenario(empty_db_url, redis_url, tmp_path, tasks=TASKS, beats=3, claim_timeout=CLAIM_TIMEOUT,
+                        seed=SEED, processes=processes, run_once=run_once) as running:
         yield running
 
 
@@ -88,6 +96,37 @@ def test_kills_pauses_and_restarts_never_send_a_run_twice_or_lose_one(
     assert all(m.headers["id"] == m.id and m.headers.get("celery_beat_task") is True
                for m in scenario.reader.messages), report
     assert sorted({m.args[0] for m in scenario.reader.messages}) == list(range(TASKS))
+
+
+@servers
+@pytest.mark.parametrize("run_once", [True])
+def test_with_run_once_workers_no_run_is_sent_twice_at_all(
+    backend: str, scenario: chaos.Scenario, run_once: bool,
+) -> None:
+    """The same chaos, with the reader doing for every message what a worker under
+    ``RunOnceTask`` does before running it (recording the run's start in the run log): a
+    run caught in flight by a kill -9 or SIGSTOP was started, so no beat publishes it
+    again, and the broker never sees a task id twice."""
+    scenario.start()
+    time.sleep(3)
+    scenario.chaos(CHAOS_SECONDS)
+    result = scenario.finish(backend)
+    report = result.summary()
+    print(report)
+
+    done = Counter(action.kind for action in result.actions)
+    assert done["kill -9"] >= 3 and done["SIGSTOP"] >= 3 and done["restart"] >= 3, report
+    assert result.run_once, report
+    assert result.duplicate_ids == 0 and result.duplicate_slots == 0, report
+    assert result.dropped == 0, report
+    assert result.lost == [] and result.unlogged == [], report
+    assert result.longest_gap <= CLAIM_TIMEOUT + 2, report
+    received = sum(1 for runs in result.runs.values() for _, _, at in runs if at is not None)
+    assert received >= 0.95 * TASKS * result.duration, report
+    with scenario.engine.connect() as connection:  # every run was started exactly once
+        starts = connection.execute(select(func.count()).select_from(PeriodicTaskRun).where(
+            PeriodicTaskRun.started_at.is_not(None))).scalar_one()
+    assert starts == result.runs_sent, report
 
 
 @servers

@@ -30,6 +30,7 @@ from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "e2e"))
 from e2e_harness import APP_MODULE, CeleryProcess, Cluster, Processes, wait_for
+from services import flushed_redis, unavailable
 
 from .proxy import Proxy, QueueReader
 
@@ -38,7 +39,6 @@ SERVER_URLS = {
     "postgresql": os.environ.get("BEAT_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
     "mysql": os.environ.get("BEAT_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
 }
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 LOG_TAIL = 200
 #: the Celery task every test task sends (the harness's app defines it)
 TASK = "e2e.record"
@@ -54,28 +54,13 @@ FAULT_COLUMNS = ("backend", "fault", "outage (s)", "noticed after (s)", "first s
                  "log lines (start/end)")
 
 
-def unavailable(reason: str) -> None:
-    """Skip a test whose service is missing, or fail it in CI."""
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: a missing service is a failure)")
-    pytest.skip(reason)
-
 
 # -- services -----------------------------------------------------------------------------------
 
 @pytest.fixture
 def redis_url() -> str:
     """The Redis broker URL, its database flushed."""
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.flushdb()
-    except redis.RedisError as exc:
-        unavailable(f"Redis at {REDIS_URL} is unavailable: {exc}")
-    finally:
-        client.close()
-    return REDIS_URL
+    return flushed_redis(REDIS_URL)
 
 
 def admin_engine(backend: str) -> Any:
