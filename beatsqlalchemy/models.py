@@ -57,6 +57,8 @@ SCHEDULE_KINDS = ("interval", "crontab", "solar", "clocked")
 NAME_LENGTH = 200
 #: what a task does with runs it missed (beat down, database out): see ``schedules.on_time``
 MISFIRE_POLICIES = ("catch_up", "skip")
+#: the longest description, in bytes: a TEXT column on MySQL/MariaDB
+DESCRIPTION_BYTES = 65_535
 #: deepest nesting of arrays and objects accepted in a JSON field
 JSON_DEPTH = 100
 
@@ -551,6 +553,9 @@ class PeriodicTask(Base):
             return ""
         if not isinstance(value, str):
             raise ValidationError(key, value, "must be a string")
+        if len(value) > DESCRIPTION_BYTES // 4 and len(value.encode("utf-8", "replace")) > DESCRIPTION_BYTES:
+            raise ValidationError(key, value, f"longer than {DESCRIPTION_BYTES:,} bytes (UTF-8), what "
+                                  "every supported database can store")
         return as_text(key, value)
 
     # -- derived ----------------------------------------------------------------
