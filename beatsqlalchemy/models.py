@@ -480,7 +480,7 @@ class PeriodicTask(Base):
     #: apply_async options that have no column of their own (time_limit, ...)
     extra_options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     #: "config" for tasks installed from the app's ``beat_schedule``
-    source: Mapped[str | None] = mapped_column(String(16))
+    source: Mapped[str | None] = mapped_column(String(16), index=True)
     #: set by the triggers when a plain-SQL write changed the task's schedule; beat recomputes it
     needs_recompute: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), index=True)
     #: why beat could not schedule this row (cleared when the row is fixed)

@@ -1,5 +1,5 @@
 """A per-task misfire policy; the run log records which worker started a run, looked up
-by Celery task id.
+by Celery task id; tasks from configuration found by index (beat's start-up at any size).
 
 Revision ID: 0002
 Revises: 0001
@@ -28,9 +28,11 @@ def upgrade() -> None:
     op.add_column("celery_periodic_task_run", sa.Column("started_at", _utc(), nullable=True))
     op.add_column("celery_periodic_task_run", sa.Column("started_by", sa.String(255), nullable=True))
     op.create_index("ix_celery_periodic_task_run_task_id", "celery_periodic_task_run", ["task_id"])
+    op.create_index("ix_celery_periodic_task_source", "celery_periodic_task", ["source"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_celery_periodic_task_source", table_name="celery_periodic_task")
     op.drop_index("ix_celery_periodic_task_run_task_id", table_name="celery_periodic_task_run")
     with op.batch_alter_table("celery_periodic_task_run", recreate="never") as batch:
         batch.drop_column("started_by")
