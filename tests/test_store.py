@@ -124,9 +124,9 @@ def test_claim_advances_the_row_and_logs_the_run(engine: Engine, session: Sessio
 
 def test_a_batch_claim_is_conditional_row_by_row(engine: Engine, session: Session) -> None:
     """One batched compare-and-set for many rows: a row whose slot moved since it was read
-    is left alone while the others are claimed (on SQLite and MySQL the short count undoes
-    the batch and each row is tried alone)."""
-    from beatsqlalchemy.store import _advance, begin_write
+    is left alone while the others are claimed and logged (on SQLite and MySQL the short
+    count undoes the batch and each row is tried alone)."""
+    from beatsqlalchemy.store import Run, _claim_all, begin_write
 
     now = utcnow()
     slot = now - timedelta(seconds=1)
@@ -135,14 +135,22 @@ def test_a_batch_claim_is_conditional_row_by_row(engine: Engine, session: Sessio
     params = [{"b_id": pk, "b_slot": slot, "b_next": slot + timedelta(seconds=10), "b_enabled": True}
               for pk in pks]
     params[2]["b_slot"] = slot - timedelta(seconds=30)  # what a beat saw before the row moved
+    runs_in = [Run(run_id=0, task_pk=pk, name=f"batch-{i}", task="t", slot=p["b_slot"],
+                   task_id=run_task_id(pk, p["b_slot"]), args=[], kwargs={}, options={},
+                   next_run_at=p["b_next"]) for i, (pk, p) in enumerate(zip(pks, params, strict=True))]
     with begin_write(engine) as connection:
-        won = _advance(connection, params, now)
-    assert won == set(pks) - {moved}
+        claimed = _claim_all(connection, runs_in, params, "beat-a", "token", now)
+    assert [run.task_pk for run in claimed] == [pk for pk in pks if pk != moved]
     assert row(engine, "batch-2").total_run_count == 0 and row(engine, "batch-2").next_run_at == slot
     for i in (0, 1, 3, 4):
         stored = row(engine, f"batch-{i}")
         assert (stored.total_run_count, stored.last_run_at) == (1, now)
         assert stored.next_run_at == slot + timedelta(seconds=10)
+    logged = {r.id: r for r in runs(engine)}
+    assert sorted(logged) == sorted(run.run_id for run in claimed)
+    for run in claimed:
+        assert (logged[run.run_id].periodic_task_id, logged[run.run_id].slot) == (run.task_pk, slot)
+        assert (logged[run.run_id].claim_token, logged[run.run_id].state) == ("token", "claimed")
 
 
 def test_a_large_claim_logs_every_run_with_its_own_id(engine: Engine, session: Session) -> None:
