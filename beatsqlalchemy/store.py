@@ -119,12 +119,12 @@ _PARK = (
 _INSERT_RUN = insert(RUNS)
 
 
-def _array(name: str, item_type: Any) -> Any:
+def _array(name: str, item_type: Any, value: str | None = None) -> Any:
     """A PostgreSQL array parameter: a whole batch in one bound value, sent as the
     array's text (see ``_array_text``), which PostgreSQL parses far faster than the
     driver adapts a list. Untyped, so that the cast is of a constant and done once
     (a ``::VARCHAR`` cast first would make it a per-row expression)."""
-    return cast(bindparam(name, type_=NullType()), ARRAY(item_type))
+    return cast(bindparam(name, value, type_=NullType()), ARRAY(item_type))
 
 
 def _array_text(values: Iterable[Any]) -> str:
@@ -174,7 +174,7 @@ def _among(id_column: Any, ids: Sequence[int], dialect: str) -> Any:
     """``id_column`` is one of ``ids``: one array parameter on PostgreSQL, integer
     literals elsewhere (a thousand placeholders cost more than the query)."""
     if dialect == "postgresql":
-        return id_column == any_(_array("b_ids", Integer).params(b_ids=_array_text(ids)))
+        return id_column == any_(_array("b_ids", Integer, _array_text(ids)))
     return id_column.in_(bindparam("b_ids", [int(i) for i in ids], expanding=True, literal_execute=True))
 
 
