@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar, NoReturn
@@ -110,17 +111,33 @@ def as_datetime(field: str, value: Any) -> datetime | None:
     return sched.checked_utc(field, value, given)
 
 
+class _NotJSON(ValueError):
+    """NaN or Infinity in JSON text (Python's json module accepts them)."""
+
+
+def _refuse_constant(constant: str) -> NoReturn:
+    raise _NotJSON(constant)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e999: valid JSON text, but no float holds it
+        raise _NotJSON(text)
+    return value
+
+
+#: one strict decoder for every call (building one per call costs more than small values)
+_STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def parse_json(field: str, text: str | bytes) -> Any:
     """Strict JSON text: no NaN or Infinity, nested at most JSON_DEPTH levels."""
-    def refuse(constant: str) -> NoReturn:
-        raise ValidationError(field, float(constant), "NaN and Infinity are not valid JSON")
-
     try:
-        value = json.loads(text, parse_constant=refuse)
+        value = _STRICT_JSON.decode(text.decode("utf-8") if isinstance(text, bytes) else text)
     except RecursionError:
         raise ValidationError(field, text, f"nested deeper than {JSON_DEPTH} levels") from None
-    except ValidationError:
-        raise
+    except _NotJSON as exc:
+        raise ValidationError(field, float(str(exc)), "NaN and Infinity are not valid JSON") from None
     except ValueError as exc:
         raise ValidationError(field, text, f"not valid JSON: {exc}") from exc
     if not _nested_within(value, JSON_DEPTH):

@@ -60,6 +60,8 @@ def utcnow() -> datetime:
 def as_utc(value: datetime) -> datetime:
     """An aware UTC datetime; naive values are taken to be UTC already. May raise
     OverflowError for a time within a day of datetime.min or max (see ``checked_utc``)."""
+    if value.tzinfo is UTC:  # what the database gives back: nothing to do
+        return value
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)

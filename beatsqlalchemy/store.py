@@ -549,10 +549,12 @@ def _parse_payload(row: TaskRow) -> tuple[list[Any], dict[str, Any], dict[str, A
     kwargs = _loads("kwargs", row.kwargs, dict, {})
     headers = _loads("headers", row.headers, dict, {})
     options: dict[str, Any] = dict(_loads("extra_options", row.extra_options, dict, {}))
-    for key in ("queue", "exchange", "routing_key"):
-        value = getattr(row, key)
-        if value:
-            options[key] = value
+    if row.queue:
+        options["queue"] = row.queue
+    if row.exchange:
+        options["exchange"] = row.exchange
+    if row.routing_key:
+        options["routing_key"] = row.routing_key
     if row.priority is not None:
         if not 0 <= row.priority <= 255:
             raise ValidationError("priority", row.priority, "must be between 0 and 255")
@@ -596,12 +598,13 @@ def _load_specs(connection: Connection, rows: Sequence[TaskRow]) -> dict[tuple[s
 
 
 def _spec_of(row: TaskRow, specs: dict[tuple[str, int], Any]) -> sched.Spec:
-    kinds = [k for k in SCHEDULE_KINDS if getattr(row, f"{k}_id") is not None]
+    ids = (row.interval_id, row.crontab_id, row.solar_id, row.clocked_id)  # SCHEDULE_KINDS' order
+    kinds = [(kind, pk) for kind, pk in zip(SCHEDULE_KINDS, ids, strict=True) if pk is not None]
     if len(kinds) != 1:
-        raise ValidationError("schedule", kinds or None, "a task needs exactly one schedule")
-    spec = specs.get((kinds[0], getattr(row, f"{kinds[0]}_id")))
+        raise ValidationError("schedule", [k for k, _ in kinds] or None, "a task needs exactly one schedule")
+    spec = specs.get(kinds[0])
     if spec is None:
-        raise ValidationError(f"{kinds[0]}_id", getattr(row, f"{kinds[0]}_id"), "no such schedule")
+        raise ValidationError(f"{kinds[0][0]}_id", kinds[0][1], "no such schedule")
     if isinstance(spec, ValidationError):
         raise spec
     return spec  # type: ignore[no-any-return]

@@ -430,6 +430,13 @@ def test_args_and_kwargs_take_python_values_or_json(engine: Engine, session: Ses
     assert (stored.args, stored.kwargs, stored.headers) == ([], {}, {})
 
 
+@pytest.mark.parametrize("text", ["[1e999]", "[-1e400]", '{"x": [NaN]}', "[Infinity]"])
+def test_json_numbers_no_float_holds_are_refused(text: str) -> None:
+    """1e999 is JSON text, but it would be sent as Infinity, which JSON has no word for."""
+    with pytest.raises(ValidationError, match=r"^args: invalid value .*not valid JSON"):
+        PeriodicTask(name="x", task="t", args=text)
+
+
 def test_schedule_property_returns_the_celery_schedule(engine: Engine, session: Session) -> None:
     PeriodicTask.update_or_create(session, name="c", task="t", crontab="*/15 9-17 * * mon-fri")
     PeriodicTask.update_or_create(session, name="i", task="t", interval={"every": 2, "period": "hours"})
