@@ -202,10 +202,14 @@ class DatabaseScheduler(Scheduler):
             limit = self.config.batch_size * 10
             window = self.store.window(until, limit, stale_before)
             done = 0
-            if window.flagged:  # rows changed with plain SQL: recompute them, then read again
-                done, errors = self.store.recompute(now, self.config.batch_size)
-                self._report(errors)
-                window = self.store.window(until, limit, stale_before)
+            if window.flagged:  # rows changed with plain SQL: recompute them
+                recomputed = self.store.recompute(now, self.config.batch_size)
+                done = recomputed.done
+                self._report(recomputed.errors)
+                window = (  # a truncated window is read again; otherwise the changes are merged in
+                    self.store.window(until, limit, stale_before) if len(window.due) >= limit
+                    else window.changed(recomputed.changed, until)
+                )
             if window.stale:
                 self._take_over(now, stale_before)
             if time.monotonic() >= self._next_prune:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, TypeAlias
@@ -257,12 +257,36 @@ class Run:
     next_run_at: datetime | None
 
 
+class Due(NamedTuple):
+    """A run due soon, as the window holds it."""
+
+    id: int
+    next_run_at: datetime
+
+
 class Window(NamedTuple):
     """What a sync reads: the runs due soon and what else needs doing."""
 
-    due: Sequence[TaskRow]
+    due: Sequence[TaskRow | Due]
     flagged: bool
     stale: bool
+
+    def changed(self, rows: Mapping[int, datetime | None], until: datetime) -> Window:
+        """The window after ``rows`` got a new ``next_run_at`` (None: not due): what
+        reading it again would give, without the query, when it was not truncated."""
+        due = [r for r in self.due if r.id not in rows]
+        due += [Due(pk, at) for pk, at in rows.items() if at is not None and at <= until]
+        due.sort(key=lambda r: r.next_run_at)
+        return Window(due, False, self.stale)
+
+
+class Recomputed(NamedTuple):
+    """What a recompute did: rows done, (name, reason) of those that cannot be
+    scheduled, and the new ``next_run_at`` of each row done."""
+
+    done: int
+    errors: list[tuple[str, str]]
+    changed: dict[int, datetime | None]
 
 
 @dataclass(slots=True)
@@ -317,17 +341,17 @@ class Store:
 
     # -- recompute ------------------------------------------------------------
 
-    def recompute(self, now: datetime, limit: int) -> tuple[int, list[tuple[str, str]]]:
-        """Give tasks flagged by a plain-SQL write a fresh ``next_run_at``; returns how
-        many were done and the (name, reason) of rows that cannot be scheduled."""
+    def recompute(self, now: datetime, limit: int) -> Recomputed:
+        """Give tasks flagged by a plain-SQL write a fresh ``next_run_at``."""
         errors: list[tuple[str, str]] = []
+        changed: dict[int, datetime | None] = {}
         with begin_write(self.engine) as connection:
             query = select(*_SEND_COLUMNS).where(_C.needs_recompute == true()).limit(limit)
             if self._lock_rows:
                 query = query.with_for_update(skip_locked=True)
             rows = connection.execute(query).all()
             if not rows:
-                return 0, errors
+                return Recomputed(0, errors, changed)
             specs = _load_specs(connection, rows)
             for row in rows:
                 values: dict[str, Any] = {"needs_recompute": False, "schedule_error": None}
@@ -342,7 +366,8 @@ class Store:
                     values.update(next_run_at=None, schedule_error=str(exc))
                     errors.append((row.name, str(exc)))
                 connection.execute(update(TASKS).where(_C.id == row.id).values(**values))
-        return len(rows), errors
+                changed[row.id] = values["next_run_at"]
+        return Recomputed(len(rows), errors, changed)
 
     # -- claim ----------------------------------------------------------------
 

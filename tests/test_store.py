@@ -336,7 +336,7 @@ def test_bad_row_is_reported_and_others_still_claimed(
 
     # a row broken through its args is not re-read until it changes again; one whose
     # schedule row was edited is flagged, so recompute reports it again
-    done, errors = store.recompute(utcnow(), 100)
+    done, errors, _ = store.recompute(utcnow(), 100)
     if breakage == "args":
         assert (done, errors) == (0, [])
     else:
@@ -346,7 +346,7 @@ def test_bad_row_is_reported_and_others_still_claimed(
     # fixed with plain SQL: flagged by the triggers, scheduled again at the next recompute
     execute(engine, fix[0], id=fix[1])
     assert row(engine, "bad").needs_recompute is True
-    done, errors = store.recompute(utcnow(), 100)
+    done, errors, _ = store.recompute(utcnow(), 100)
     assert (done, errors) == (1, [])
     stored = row(engine, "bad")
     assert stored.schedule_error is None and stored.needs_recompute is False
@@ -371,18 +371,18 @@ def test_recompute_schedules_plain_sql_rows(engine: Engine, session: Session) ->
     store = Store(engine, "beat-a")
 
     before = utcnow()
-    done, errors = store.recompute(before, 100)
+    done, errors, _ = store.recompute(before, 100)
     assert (done, errors) == (1, [])
     on, off = row(engine, "on"), row(engine, "off")
     assert on.next_run_at == before + timedelta(seconds=10)
     assert off.next_run_at is None
     assert on.needs_recompute is False and off.needs_recompute is False
     assert row(engine, "anchor").needs_recompute is False
-    assert store.recompute(utcnow(), 100) == (0, [])  # nothing left flagged
+    assert store.recompute(utcnow(), 100)[:2] == (0, [])  # nothing left flagged
 
     # a plain-SQL change of a scheduled task is picked up the same way
     execute(engine, "UPDATE celery_periodic_task SET enabled = :f WHERE name = 'on'", f=False)
-    assert store.recompute(utcnow(), 100) == (1, [])
+    assert store.recompute(utcnow(), 100)[:2] == (1, [])
     assert row(engine, "on").next_run_at is None
 
 
@@ -391,9 +391,9 @@ def test_recompute_respects_batch_limit(engine: Engine, session: Session) -> Non
         make(session, name)
     execute(engine, "UPDATE celery_periodic_task SET enabled = enabled, start_time = '2030-01-01 00:00:00'")
     store = Store(engine, "beat-a")
-    assert store.recompute(utcnow(), 2) == (2, [])
-    assert store.recompute(utcnow(), 2) == (1, [])
-    assert store.recompute(utcnow(), 2) == (0, [])
+    assert store.recompute(utcnow(), 2)[:2] == (2, [])
+    assert store.recompute(utcnow(), 2)[:2] == (1, [])
+    assert store.recompute(utcnow(), 2)[:2] == (0, [])
 
 
 # -- mark_sent, catch-up -------------------------------------------------------------------
@@ -486,3 +486,36 @@ def test_cron_starting_deadline_skips_late_crontab_runs(engine: Engine, session:
     PeriodicTask.update_or_create(session, name="cron-late", next_run_at=yesterday)
     [run] = Store(engine, "beat-b").claim([(late, yesterday)], now).runs
     assert run.task_pk == late and run.next_run_at == two_hours_ago + timedelta(days=1)
+
+
+def test_a_recompute_is_merged_into_the_window_read_before_it(engine: Engine, session: Session) -> None:
+    """After a plain-SQL edit the sync recomputes the flagged rows and merges their new
+    next runs into the window it read, rather than reading it again: the same result."""
+    now = utcnow()
+    moved = make(session, "moved", due=now + timedelta(seconds=5))
+    stays = make(session, "stays", due=now + timedelta(seconds=3))
+    paused = make(session, "paused", due=now + timedelta(seconds=4))
+    execute(engine, "UPDATE celery_periodic_task SET crontab_id = NULL, interval_id = :iv WHERE id = :id",
+            iv=make_interval(engine, 2), id=moved)
+    execute(engine, "UPDATE celery_periodic_task SET enabled = :f WHERE id = :id", f=False, id=paused)
+    store = Store(engine, "beat-a")
+    until = now + timedelta(seconds=60)
+    before = store.window(until, 100)
+    assert before.flagged
+    recomputed = store.recompute(now, 100)
+    assert set(recomputed.changed) == {moved, paused} and recomputed.changed[paused] is None
+    merged = before.changed(recomputed.changed, until)
+    again = store.window(until, 100)
+    assert [(r.id, r.next_run_at) for r in merged.due] == [(r.id, r.next_run_at) for r in again.due]
+    assert [r.id for r in merged.due] == [moved, stays]  # every 2 s now: first; paused: gone
+    assert not merged.flagged and not again.flagged
+
+
+def make_interval(engine: Engine, seconds: int) -> int:
+    """An interval schedule row of ``seconds``, inserted with plain SQL."""
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO celery_interval_schedule (every, period) "
+                                "VALUES (:n, 'seconds')"), {"n": seconds})
+        return int(connection.execute(text(
+            "SELECT max(id) FROM celery_interval_schedule WHERE every = :n AND period = 'seconds'"),
+            {"n": seconds}).scalar_one())
