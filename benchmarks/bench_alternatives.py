@@ -118,15 +118,7 @@ def per_call_ms(call: Callable[[], object], seconds: float = 2.0, max_batches: i
 
 def start_writer(config: dict[str, Any]) -> subprocess.Popen[str]:
     """Another process that makes one change when it reads a line, then prints its commit time."""
-    writer = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--writer", json.dumps(config)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    assert writer.stdout is not None
-    ready = writer.stdout.readline().strip()
-    if ready != "READY":
-        raise RuntimeError(f"writer did not start: {ready!r}")
-    return writer
+    return ours.spawn_writer(Path(__file__).resolve(), config)
 
 
 def wait_applied(scheduler: Any, config: dict[str, Any], applied: Callable[[], bool],
