@@ -95,6 +95,8 @@ def _window_statement() -> Any:
 
 
 CLAIMED, SENT, ABANDONED, SKIPPED = "claimed", "sent", "abandoned", "skipped"
+#: the header beat puts on every run it publishes (RunOnceTask checks only those)
+BEAT_HEADER = "celery_beat_task"
 #: the near window plus probes for flagged tasks and stale claims, built once
 _WINDOW = _window_statement()
 _EPOCH = datetime(1970, 1, 1, tzinfo=sched.UTC)
@@ -217,16 +219,19 @@ def _advance(connection: Connection, params: list[dict[str, Any]]) -> set[int]:
     return {p["b_id"] for p in params if connection.execute(_ADVANCE, p).rowcount == 1}
 
 
+def _run_row(run: Run, state: str, identity: str, token: str, now: datetime) -> dict[str, Any]:
+    """The run-log values of ``run``, in ``state``, written by ``identity`` at ``now``."""
+    return {"periodic_task_id": run.task_pk, "periodic_task_name": run.name, "slot": run.slot,
+            "task_id": run.task_id, "state": state, "sent_by": identity, "claim_token": token,
+            "claimed_at": now}
+
+
 def _insert_runs(
     connection: Connection, runs: Sequence[Run], identity: str, token: str, now: datetime,
 ) -> None:
     """Log the claimed ``runs``, in one batched statement where the database can say their
     ids in order, and give each its run-log id."""
-    params = [
-        {"periodic_task_id": r.task_pk, "periodic_task_name": r.name, "slot": r.slot, "task_id": r.task_id,
-         "state": CLAIMED, "sent_by": identity, "claim_token": token, "claimed_at": now}
-        for r in runs
-    ]
+    params = [_run_row(r, CLAIMED, identity, token, now) for r in runs]
     if len(params) > 1 and connection.dialect.insert_executemany_returning_sort_by_parameter_order:
         statement = _INSERT_RUN.returning(RUNS.c.id, sort_by_parameter_order=True)
         for run, run_id in zip(runs, connection.scalars(statement, params), strict=True):
@@ -439,11 +444,7 @@ class Store:
 
     def _log_skipped(self, connection: Connection, run: Run, token: str, now: datetime) -> None:
         """Record a run its misfire policy skipped, so the run log can say why it never went."""
-        connection.execute(_INSERT_RUN, {
-            "periodic_task_id": run.task_pk, "periodic_task_name": run.name, "slot": run.slot,
-            "task_id": run.task_id, "state": SKIPPED, "sent_by": self.identity, "claim_token": token,
-            "claimed_at": now,
-        })
+        connection.execute(_INSERT_RUN, _run_row(run, SKIPPED, self.identity, token, now))
         logger.info("beat: skipped the run of %r for %s: %.0fs late, past its misfire grace; next "
                     "run %s", run.name, run.slot.isoformat(), (now - run.slot).total_seconds(),
                     run.next_run_at.isoformat() if run.next_run_at else "none")
@@ -588,7 +589,7 @@ def _parse_payload(row: TaskRow) -> tuple[list[Any], dict[str, Any], dict[str, A
         options["expires"] = row.expires
     elif row.expire_seconds is not None:
         options["expires"] = row.expire_seconds
-    options["headers"] = {**headers, "celery_beat_task": True}
+    options["headers"] = {**headers, BEAT_HEADER: True}
     return args, kwargs, options
 
 

@@ -21,12 +21,9 @@ from . import schedules as sched
 from .config import BeatConfig
 from .db import get_engine
 from .schedulers import describe
-from .store import Store
+from .store import BEAT_HEADER, Store
 
 logger = logging.getLogger(__name__)
-
-#: the header beat puts on every run it publishes
-BEAT_HEADER = "celery_beat_task"
 
 
 def first_start(engine: Engine, task_id: str, worker: str) -> bool:
