@@ -9,14 +9,17 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from celery import Celery
 from celery.beat import Scheduler
 from celery.schedules import BaseSchedule
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import SingletonThreadPool
 
 from . import api
 from . import schedules as sched
@@ -25,13 +28,17 @@ from .db import get_engine, redact, session_factory
 from .exceptions import SchemaNotReady
 from .migrate import ensure_schema
 from .models import PeriodicTask
-from .store import Run, Store
+from .store import ClaimResult, Run, Store
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: retries back off from 0.5 s to this, so beat is back within a second of the database
 MAX_RETRY_DELAY = 1.0
 
+
+#: how long one tick goes on sending due runs before it syncs or yields to a shutdown
+SEND_SPELL = 1.0
 
 #: ``celery beat`` raises SystemExit from its handlers of these, wherever the process is
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -84,6 +91,45 @@ def describe(exc: BaseException) -> str:
     return f"{type(original).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+class _Claim(NamedTuple):
+    """A batch being claimed: its heap entries, when the claim began, its outcome."""
+
+    due: list[tuple[float, int, datetime]]
+    started: float
+    outcome: Future[ClaimResult]
+
+
+class DatabaseThread:
+    """Runs database calls beside the main thread, one at a time, in order; ``inline``
+    runs one at once. Without a shared pool (an in-memory SQLite database is one
+    connection per thread) everything runs inline."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._shared = not isinstance(engine.pool, SingletonThreadPool)
+        self._executor: ThreadPoolExecutor | None = None
+
+    def submit(self, call: Callable[..., T], *args: Any) -> Future[T]:
+        if not self._shared:
+            return self.inline(call, *args)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="beat-database")
+        return self._executor.submit(call, *args)
+
+    @staticmethod
+    def inline(call: Callable[..., T], *args: Any) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(call(*args))
+        except BaseException as exc:  # handed to whoever reads the result
+            future.set_exception(exc)
+        return future
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+
 class DatabaseScheduler(Scheduler):
     """Celery beat scheduler whose schedule is the ``celery_periodic_task`` table.
 
@@ -114,6 +160,9 @@ class DatabaseScheduler(Scheduler):
         self._next_prune = 0.0
         #: runs the broker accepted whose "sent" could not be recorded yet: (run ids, token)
         self._unrecorded: list[tuple[list[int], str]] = []
+        self._db = DatabaseThread(self.engine)
+        #: while runs are being sent: recordings of earlier batches, not yet waited for
+        self._recording: list[tuple[list[int], str, Future[None]]] | None = None
         #: created by ``celery beat`` (its service always passes a schedule file name)
         self._in_beat = kwargs.pop("schedule_filename", None) is not None
         super().__init__(app, *args, **kwargs)
@@ -154,6 +203,10 @@ class DatabaseScheduler(Scheduler):
             f"    . sync every -> {self.config.sync_interval:g}s "
             f"(window {self.config.window:g}s, claim timeout {self.config.claim_timeout:g}s)"
         )
+
+    def close(self) -> None:
+        self._db.close()
+        super().close()
 
     # -- the redisbeat-style API ---------------------------------------------------
 
@@ -265,25 +318,49 @@ class DatabaseScheduler(Scheduler):
         self._prepared = True
 
     def _run_due(self, now: float) -> None:
+        """Claim and send the runs due at ``now``, a batch at a time, for up to about
+        ``SEND_SPELL`` seconds or until the next sync is due. While one batch is being sent,
+        the database thread claims the next one and records the one before as sent: the
+        database's time hides behind the broker's. The first batch is a tenth of the
+        others, so that sending starts at once."""
+        until = min(self._next_sync, time.monotonic() + SEND_SPELL)
+        claim = self._claim_next(now, self._db.inline, max(self.config.batch_size // 10, 1))
+        self._recording = []
+        try:
+            while claim is not None:
+                try:
+                    result = claim.outcome.result()
+                except SQLAlchemyError as exc:
+                    for item in claim.due:  # keep the window; claim again once the database is back
+                        heapq.heappush(self._window, item)
+                    self._db_failed(exc, "claiming due runs")
+                    break
+                self._db_ok()
+                self._report(result.errors)
+                for run in result.runs:
+                    self._reschedule(run.task_pk, run.next_run_at)
+                for task_pk, next_run in result.rescheduled:
+                    self._reschedule(task_pk, next_run)
+                started = claim.started
+                claim = (self._claim_next(now, self._db.submit, self.config.batch_size)
+                         if time.monotonic() < until else None)
+                self._publish(result.runs, result.token, started)
+        finally:
+            recording, self._recording = self._recording, None
+            for sent, token, future in recording:
+                self._recorded(sent, token, future)
+
+    def _claim_next(self, now: float, run: Callable[..., Future[Any]], size: int) -> _Claim | None:
+        """Take the next ``size`` runs due at ``now`` off the heap; claim them through ``run``."""
         heap = self._window
         due: list[tuple[float, int, datetime]] = []
-        while heap and heap[0][0] <= now and len(due) < self.config.batch_size:
+        while heap and heap[0][0] <= now and len(due) < size:
             due.append(heapq.heappop(heap))
+        if not due:
+            return None
         started = time.monotonic()
-        try:
-            result = self.store.claim([(task_id, seen) for _, task_id, seen in due], sched.utcnow())
-        except SQLAlchemyError as exc:
-            for item in due:  # keep the window; claim again once the database is back
-                heapq.heappush(heap, item)
-            self._db_failed(exc, "claiming due runs")
-            return
-        self._db_ok()
-        self._report(result.errors)
-        for run in result.runs:
-            self._reschedule(run.task_pk, run.next_run_at)
-        for task_pk, next_run in result.rescheduled:
-            self._reschedule(task_pk, next_run)
-        self._publish(result.runs, result.token, started)
+        outcome = run(self.store.claim, [(task_id, seen) for _, task_id, seen in due], sched.utcnow())
+        return _Claim(due, started, outcome)
 
     def _reschedule(self, task_pk: int, next_run: datetime | None) -> None:
         if next_run is not None and next_run.timestamp() <= self._window_end:
@@ -319,8 +396,17 @@ class DatabaseScheduler(Scheduler):
                 sent.append(run.run_id)
         if not sent:
             return
+        future = (self._db.inline if self._recording is None else self._db.submit)(
+            self.store.mark_sent, sent, sched.utcnow(), token)
+        if self._recording is None:
+            self._recorded(sent, token, future)
+        else:  # in the database thread while the next batch is sent; checked before returning
+            self._recording.append((sent, token, future))
+
+    def _recorded(self, sent: list[int], token: str, future: Future[None]) -> None:
+        """Wait for the recording of ``sent``; if it failed, keep them for the next sync."""
         try:
-            self.store.mark_sent(sent, sched.utcnow(), token)
+            future.result()
         except SQLAlchemyError as exc:  # recorded at the next sync that reaches the database
             self._unrecorded.append((sent, token))
             self._db_failed(exc, "recording sent runs")

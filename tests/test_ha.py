@@ -512,6 +512,94 @@ def test_refused_run_is_published_again_with_the_same_task_id(
     assert "'nightly'" in warnings[0] and slot.isoformat() in warnings[0] and "beat-a" in warnings[0]
 
 
+# -- batches: the next claimed while one is sent -------------------------------------------------
+
+def record_claims(beat: Beat, fail: Callable[[int], bool] = lambda _: False) -> list[tuple[str, int]]:
+    """Wrap the beat's claims: the events they log, in order; ``fail(n)`` makes the
+    n-th claim (from 1) lose the database."""
+    events: list[tuple[str, int]] = []
+    claim = beat.store.claim
+
+    def recorded(due: Any, now: datetime) -> Any:
+        events.append(("claim", len(due)))
+        if fail(sum(1 for kind, _ in events if kind == "claim")):
+            raise DBAPIError("claim", {}, ConnectionError("connection lost"))
+        return claim(due, now)
+
+    beat.store.claim = recorded  # type: ignore[method-assign]
+    beat.before_send = lambda run: events.append(("send", run.task_pk))
+    return events
+
+
+def test_a_burst_goes_out_in_batches_each_claimed_while_the_one_before_is_sent(
+    beats: Callable[..., Beat], engine: Engine, session: Session,
+) -> None:
+    """A tenth of a batch first, then whole batches; each next batch is claimed while the
+    one before is being sent; every run once, each recorded as sent."""
+    now = utcnow()
+    ids = {make(session, f"b{i:02d}", now - timedelta(seconds=1)) for i in range(35)}
+    a = beats("beat-a", batch_size=10, sync_interval=30)
+    events = record_claims(a)
+    a.send_delay = 0.01
+
+    tick_until(lambda: len(a.sent) == 35, 10.0, a)
+
+    assert Counter(r.task_pk for r in a.sent) == Counter(ids)
+    claims = [size for kind, size in events if kind == "claim"]
+    assert claims == [1, 10, 10, 10, 4]
+    # the claim of the third batch begins before the last send of the second
+    third = [i for i, event in enumerate(events) if event[0] == "claim"][2]
+    second_sends = [i for i, event in enumerate(events) if event[0] == "send"][1:11]
+    assert third < second_sends[-1], events
+    assert {(r.state, r.sent_by) for r in logged(engine)} == {("sent", "beat-a")}
+    assert len(logged(engine)) == 35
+
+
+def test_a_batch_whose_claim_loses_the_database_is_claimed_again_later(
+    beats: Callable[..., Beat], engine: Engine, session: Session,
+) -> None:
+    """The claim of a next batch, made while the one before is sent, fails: the sent runs
+    are recorded, the others stay scheduled and go out once the database answers."""
+    now = utcnow()
+    ids = {make(session, f"f{i:02d}", now - timedelta(seconds=1)) for i in range(25)}
+    a = beats("beat-a", batch_size=10, sync_interval=30)
+    events = record_claims(a, fail=lambda n: n == 2)
+
+    a.tick()
+    assert len(a.sent) == 1 and a._outage_since is not None
+    tick_until(lambda: len(a.sent) == 25, 10.0, a)
+
+    assert Counter(r.task_pk for r in a.sent) == Counter(ids)
+    assert [size for kind, size in events if kind == "claim"][:2] == [1, 10]
+    assert {r.state for r in logged(engine)} == {"sent"} and len(logged(engine)) == 25
+
+
+def test_a_batch_recorded_in_the_background_after_the_database_went_away_is_not_sent_again(
+    beats: Callable[..., Beat], engine: Engine, session: Session,
+) -> None:
+    """Recording a sent batch fails while the next is being sent: it is recorded at the
+    next sync, before any take-over, and no run is published twice."""
+    now = utcnow()
+    ids = {make(session, f"m{i:02d}", now - timedelta(seconds=1)) for i in range(15)}
+    a = beats("beat-a", batch_size=10)
+    mark_sent = a.store.mark_sent
+    failures: list[list[int]] = []
+
+    def fail_once(run_ids: Any, *args: Any) -> None:
+        if not failures:
+            failures.append(list(run_ids))
+            raise DBAPIError("mark", {}, ConnectionError("connection lost"))
+        mark_sent(run_ids, *args)
+
+    a.store.mark_sent = fail_once  # type: ignore[method-assign]
+    tick_until(lambda: len(a.sent) == 15, 10.0, a)
+    tick_for(3 * CLAIM_TIMEOUT, a)  # past the claim timeout: a stale claim would be taken over
+
+    assert failures and len(failures[0]) == 1
+    assert Counter(r.task_pk for r in a.sent) == Counter(ids)
+    assert {(r.state, r.sent_by) for r in logged(engine)} == {("sent", "beat-a")}
+
+
 # -- run log: prune and query -----------------------------------------------------------------
 
 def test_prune_deletes_only_old_rows_in_batches(engine: Engine) -> None:
