@@ -119,6 +119,14 @@ _PARK = (
             schedule_error=bindparam("b_error"))
 )
 _INSERT_RUN = insert(RUNS)
+#: tasks flagged by a plain-SQL write, and their fresh values
+_FLAGGED = select(*_SEND_COLUMNS).where(_C.needs_recompute == true()).limit(bindparam("limit", type_=Integer))
+_FLAGGED_LOCKED = _FLAGGED.with_for_update(skip_locked=True)
+_RECOMPUTED = (
+    update(TASKS).where(_C.id == bindparam("b_id"))
+    .values(next_run_at=bindparam("b_next", type_=_C.next_run_at.type), needs_recompute=False,
+            schedule_error=bindparam("b_error", type_=_C.schedule_error.type))
+)
 
 
 def _array(name: str, item_type: Any, value: str | None = None) -> Any:
@@ -172,12 +180,35 @@ def _naive(moment: datetime | None) -> datetime | None:
     return None if moment is None else sched.as_utc(moment).replace(tzinfo=None)
 
 
-def _among(id_column: Any, ids: Sequence[int], dialect: str) -> Any:
-    """``id_column`` is one of ``ids``: one array parameter on PostgreSQL, integer
-    literals elsewhere (a thousand placeholders cost more than the query)."""
+def _among(id_column: Any, dialect: str) -> Any:
+    """``id_column`` is one of the ids given as ``b_ids`` (see ``_ids``): one array
+    parameter on PostgreSQL, integer literals elsewhere (a thousand placeholders cost
+    more than the query)."""
     if dialect == "postgresql":
-        return id_column == any_(_array("b_ids", Integer, _array_text(ids)))
-    return id_column.in_(bindparam("b_ids", [int(i) for i in ids], expanding=True, literal_execute=True))
+        return id_column == any_(_array("b_ids", Integer))
+    return id_column.in_(bindparam("b_ids", expanding=True, literal_execute=True))
+
+
+def _ids(ids: Iterable[int], dialect: str) -> Any:
+    """The value of ``_among``'s ``b_ids``."""
+    return _array_text(ids) if dialect == "postgresql" else [int(i) for i in ids]
+
+
+class _Statements:
+    """The statements of the hot paths that name a list of ids, built once per dialect:
+    building and keying a statement costs more than running it."""
+
+    def __init__(self, dialect: str) -> None:
+        claimable = select(*_SEND_COLUMNS).where(_among(_C.id, dialect), _C.enabled == true())
+        self.claimable = claimable if dialect == "sqlite" else claimable.with_for_update(skip_locked=True)
+        mine = (_among(RUNS.c.id, dialect), RUNS.c.claim_token == bindparam("b_token"),
+                RUNS.c.state == CLAIMED)
+        now = bindparam("b_now", type_=RUNS.c.claimed_at.type)
+        self.renew = update(RUNS).where(*mine).values(claimed_at=now)
+        self.still_mine = select(RUNS.c.id).where(*mine)
+        sent = {"state": SENT, "sent_at": now}
+        self.mark_sent = update(RUNS).where(*mine[:2]).values(**sent)
+        self.mark_sent_any = update(RUNS).where(mine[0]).values(**sent)
 
 
 def _claim_all(
@@ -328,6 +359,7 @@ class Store:
         self.cron_starting_deadline = cron_starting_deadline
         self._lock_rows = engine.dialect.name != "sqlite"  # SQLite: BEGIN IMMEDIATE instead
         self._dialect = engine.dialect.name
+        self._sql = _Statements(self._dialect)
 
     # -- reading --------------------------------------------------------------
 
@@ -351,27 +383,25 @@ class Store:
         errors: list[tuple[str, str]] = []
         changed: dict[int, datetime | None] = {}
         with begin_write(self.engine) as connection:
-            query = select(*_SEND_COLUMNS).where(_C.needs_recompute == true()).limit(limit)
-            if self._lock_rows:
-                query = query.with_for_update(skip_locked=True)
-            rows = connection.execute(query).all()
+            query = _FLAGGED_LOCKED if self._lock_rows else _FLAGGED
+            rows = connection.execute(query, {"limit": limit}).all()
             if not rows:
                 return Recomputed(0, errors, changed)
             specs = _load_specs(connection, rows)
+            params: list[dict[str, Any]] = []
             for row in rows:
-                values: dict[str, Any] = {"needs_recompute": False, "schedule_error": None}
+                values: dict[str, Any] = {"b_id": row.id, "b_next": None, "b_error": None}
                 try:
                     _parse_payload(row)
                     spec = _spec_of(row, specs)
-                    values["next_run_at"] = (
-                        sched.first_run(spec, now, row.last_run_at, row.start_time)
-                        if row.enabled else None
-                    )
+                    if row.enabled:
+                        values["b_next"] = sched.first_run(spec, now, row.last_run_at, row.start_time)
                 except ValidationError as exc:
-                    values.update(next_run_at=None, schedule_error=str(exc))
+                    values.update(b_next=None, b_error=str(exc))
                     errors.append((row.name, str(exc)))
-                connection.execute(update(TASKS).where(_C.id == row.id).values(**values))
-                changed[row.id] = values["next_run_at"]
+                params.append(values)
+                changed[row.id] = values["b_next"]
+            connection.execute(_RECOMPUTED, params)
         return Recomputed(len(rows), errors, changed)
 
     # -- claim ----------------------------------------------------------------
@@ -385,12 +415,10 @@ class Store:
         result = ClaimResult(token=token)
         seen = dict(due)
         with begin_write(self.engine) as connection:
-            query = select(*_SEND_COLUMNS).where(
-                _among(_C.id, list(seen), self._dialect), _C.enabled == true()
-            )
-            if self._lock_rows:
-                query = query.with_for_update(skip_locked=True)
-            rows = [r for r in connection.execute(query).all() if r.next_run_at == seen[r.id]]
+            rows = [
+                r for r in connection.execute(self._sql.claimable, {"b_ids": _ids(seen, self._dialect)})
+                if r.next_run_at == seen[r.id]
+            ]
             if not rows:
                 return result
             specs = _load_specs(connection, rows)
@@ -503,26 +531,18 @@ class Store:
         left unconfirmed past the timeout); those are renewed for another timeout."""
         if not run_ids:
             return set()
-        ids = list(run_ids)
+        params = {"b_ids": _ids(run_ids, self._dialect), "b_token": token, "b_now": now}
         with begin_write(self.engine) as connection:
-            connection.execute(
-                update(RUNS).where(_among(RUNS.c.id, ids, self._dialect), RUNS.c.claim_token == token,
-                                   RUNS.c.state == CLAIMED).values(claimed_at=now)
-            )
-            return set(connection.scalars(
-                select(RUNS.c.id).where(_among(RUNS.c.id, ids, self._dialect), RUNS.c.claim_token == token,
-                                        RUNS.c.state == CLAIMED)
-            ))
+            connection.execute(self._sql.renew, params)
+            return set(connection.scalars(self._sql.still_mine, params))
 
     def mark_sent(self, run_ids: Sequence[int], now: datetime, token: str | None = None) -> None:
         """Record that the broker accepted these runs (those still claimed with ``token``)."""
         if not run_ids:
             return
-        condition: Any = _among(RUNS.c.id, list(run_ids), self._dialect)
-        if token is not None:
-            condition = condition & (RUNS.c.claim_token == token)
+        params = {"b_ids": _ids(run_ids, self._dialect), "b_token": token, "b_now": now}
         with begin_write(self.engine) as connection:
-            connection.execute(update(RUNS).where(condition).values(state=SENT, sent_at=now))
+            connection.execute(self._sql.mark_sent_any if token is None else self._sql.mark_sent, params)
 
     def start(self, task_id: str, worker: str, now: datetime) -> bool:
         """Record that ``worker`` starts the run ``task_id``; False when another start
@@ -607,6 +627,13 @@ _SPEC_TABLES: dict[str, tuple[Table, Callable[[TaskRow], Any]]] = {
 }
 
 
+#: the schedule rows of one kind, by id
+_SPEC_ROWS = {
+    kind: select(table).where(table.c.id.in_(bindparam("ids", expanding=True)))
+    for kind, (table, _build) in _SPEC_TABLES.items()
+}
+
+
 def _load_specs(connection: Connection, rows: Sequence[TaskRow]) -> dict[tuple[str, int], Any]:
     """The schedules the rows use, keyed by (kind, id); a bad schedule maps to its error."""
     specs: dict[tuple[str, int], Any] = {}
@@ -614,8 +641,8 @@ def _load_specs(connection: Connection, rows: Sequence[TaskRow]) -> dict[tuple[s
         ids = {getattr(r, f"{kind}_id") for r in rows} - {None}
         if not ids:
             continue
-        table, build = _SPEC_TABLES[kind]
-        for schedule_row in connection.execute(select(table).where(table.c.id.in_(ids))):
+        build = _SPEC_TABLES[kind][1]
+        for schedule_row in connection.execute(_SPEC_ROWS[kind], {"ids": list(ids)}):
             try:
                 specs[kind, schedule_row.id] = build(schedule_row)
             except ValidationError as exc:

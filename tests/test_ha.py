@@ -21,7 +21,7 @@ from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from beatsqlalchemy import api
+from beatsqlalchemy import api, db
 from beatsqlalchemy.models import PeriodicTask
 from beatsqlalchemy.schedulers import DatabaseScheduler
 from beatsqlalchemy.schedules import utcnow
@@ -691,6 +691,41 @@ def test_beat_engine_limits_idle_transactions(
         connection.execute(text("SELECT 1"))
     with beat.engine.connect() as connection:  # the pool recovers
         assert connection.execute(text("SELECT 1")).scalar_one() == 1
+
+
+def test_a_connection_is_checked_only_after_idling_and_replaced_if_the_server_dropped_it(
+    backend: str, db_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The transactions of one sync or burst reuse a connection without a ping; one unused
+    for longer is pinged first and, if the server closed it meanwhile, replaced silently."""
+    if backend == "sqlite":
+        pytest.skip("SQLite keeps pool_pre_ping: a local file has no server to drop it")
+    beat_engine = db.get_engine(db_url, {"pool_size": 1, "max_overflow": 0, "pool_timeout": 5})
+    pings: list[object] = []
+    do_ping = beat_engine.dialect.do_ping
+    monkeypatch.setattr(beat_engine.dialect, "do_ping", lambda c: pings.append(c) or do_ping(c))
+    whoami = {"postgresql": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}[backend]
+    kill = {"postgresql": "SELECT pg_terminate_backend({})", "mysql": "KILL {}"}[backend]
+    try:
+        with beat_engine.connect() as connection:
+            first = connection.execute(text(whoami)).scalar_one()
+        with beat_engine.connect() as connection:  # given back a moment ago: no ping
+            assert connection.execute(text(whoami)).scalar_one() == first
+        assert pings == []
+
+        time.sleep(db.IDLE_BEFORE_PING + 0.1)  # idle: pinged, alive, kept
+        with beat_engine.connect() as connection:
+            assert connection.execute(text(whoami)).scalar_one() == first
+        assert len(pings) == 1
+
+        with engine.connect() as other:  # the server drops it while it idles
+            other.execute(text(kill.format(int(first))))
+        time.sleep(db.IDLE_BEFORE_PING + 0.1)
+        with beat_engine.connect() as connection:
+            assert connection.execute(text(whoami)).scalar_one() != first
+        assert len(pings) == 2
+    finally:
+        beat_engine.dispose()
 
 
 def test_identity_in_info_and_start_log(
