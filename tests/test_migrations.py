@@ -320,3 +320,40 @@ def test_invalid_json_is_refused_or_kept(engine: Engine, session: Session) -> No
     else:
         with pytest.raises(DBAPIError):
             execute(engine, statement)
+
+
+def test_head_revision_constant_is_the_scripts_head() -> None:
+    """Beat compares the database with ``HEAD_REVISION`` without reading the scripts."""
+    assert migrate.head_revision() == migrate.HEAD_REVISION
+
+
+def test_current_revision_reads_the_version_table(plain_engine: Engine) -> None:
+    """Read without Alembic: none before any migration, each revision after its upgrade,
+    none again when the version table is left empty by ``downgrade base``."""
+    assert migrate.current_revision(plain_engine) is None
+    migrate.upgrade(plain_engine, "0001")
+    assert migrate.current_revision(plain_engine) == "0001"
+    migrate.upgrade(plain_engine)
+    assert migrate.current_revision(plain_engine) == migrate.HEAD_REVISION
+    migrate.downgrade(plain_engine, "base")
+    assert migrate.current_revision(plain_engine) is None
+
+
+def test_a_beat_on_a_current_schema_never_imports_alembic(tmp_path: Path) -> None:
+    """Alembic (about 11 MB) is loaded only to migrate: a beat whose schema is current
+    starts, syncs and claims without it."""
+    url = f"sqlite:///{tmp_path / 'beat.sqlite3'}"
+    migrate.upgrade(create_engine(url))
+    script = (
+        "import sys\n"
+        "from celery import Celery\n"
+        "from beatsqlalchemy.schedulers import DatabaseScheduler\n"
+        "app = Celery('t', broker='memory://', set_as_current=False)\n"
+        f"app.conf.beat_sqlalchemy_url = {url!r}\n"
+        "scheduler = DatabaseScheduler(app=app)\n"
+        "scheduler.tick()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
