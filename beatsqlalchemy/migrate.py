@@ -11,7 +11,7 @@ import weakref
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, column, inspect, select, table
 
 from .db import begin_write, redact
 from .exceptions import SchemaNotReady
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 #: our own version table, so we never collide with the host application's Alembic history
 VERSION_TABLE = "beatsqlalchemy_version"
+_VERSIONS = table(VERSION_TABLE, column("version_num"))
 #: the newest migration in ``migrations/versions`` (a test holds it to the scripts' head)
 HEAD_REVISION = "0002"
 
@@ -51,7 +52,7 @@ def current_revision(engine: Engine) -> str | None:
     """The revision the database is at (None for an empty database)."""
     with engine.connect() as connection:
         try:
-            return connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+            return connection.execute(select(_VERSIONS.c.version_num)).scalar()
         except Exception:  # no version table (yet), or another error: tell them apart
             connection.rollback()
             if inspect(connection).has_table(VERSION_TABLE):
