@@ -199,7 +199,9 @@ class _Statements:
     building and keying a statement costs more than running it."""
 
     def __init__(self, dialect: str) -> None:
-        claimable = select(*_SEND_COLUMNS).where(_among(_C.id, dialect), _C.enabled == true())
+        # ``enabled`` is checked on the rows read: in the WHERE clause it made SQLite walk the
+        # (enabled, next_run_at) index instead of looking the ids up (a scan at 1M tasks)
+        claimable = select(*_SEND_COLUMNS).where(_among(_C.id, dialect))
         self.claimable = claimable if dialect == "sqlite" else claimable.with_for_update(skip_locked=True)
         mine = (_among(RUNS.c.id, dialect), RUNS.c.claim_token == bindparam("b_token"),
                 RUNS.c.state == CLAIMED)
@@ -417,7 +419,7 @@ class Store:
         with begin_write(self.engine) as connection:
             rows = [
                 r for r in connection.execute(self._sql.claimable, {"b_ids": _ids(seen, self._dialect)})
-                if r.next_run_at == seen[r.id]
+                if r.enabled and r.next_run_at == seen[r.id]
             ]
             if not rows:
                 return result
