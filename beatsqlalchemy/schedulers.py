@@ -396,12 +396,11 @@ class DatabaseScheduler(Scheduler):
                 sent.append(run.run_id)
         if not sent:
             return
-        future = (self._db.inline if self._recording is None else self._db.submit)(
-            self.store.mark_sent, sent, sched.utcnow(), token)
         if self._recording is None:
-            self._recorded(sent, token, future)
+            self._recorded(sent, token, self._db.inline(self.store.mark_sent, sent, sched.utcnow(), token))
         else:  # in the database thread while the next batch is sent; checked before returning
-            self._recording.append((sent, token, future))
+            self._recording.append(
+                (sent, token, self._db.submit(self.store.mark_sent, sent, sched.utcnow(), token)))
 
     def _recorded(self, sent: list[int], token: str, future: Future[None]) -> None:
         """Wait for the recording of ``sent``; if it failed, keep them for the next sync."""

@@ -121,7 +121,6 @@ _PARK = (
 _INSERT_RUN = insert(RUNS)
 #: tasks flagged by a plain-SQL write, and their fresh values
 _FLAGGED = select(*_SEND_COLUMNS).where(_C.needs_recompute == true()).limit(bindparam("limit", type_=Integer))
-_FLAGGED_LOCKED = _FLAGGED.with_for_update(skip_locked=True)
 _RECOMPUTED = (
     update(TASKS).where(_C.id == bindparam("b_id"))
     .values(next_run_at=bindparam("b_next", type_=_C.next_run_at.type), needs_recompute=False,
@@ -195,22 +194,26 @@ def _ids(ids: Iterable[int], dialect: str) -> Any:
 
 
 class _Statements:
-    """The statements of the hot paths that name a list of ids, built once per dialect:
-    building and keying a statement costs more than running it."""
+    """The statements of the hot paths, built once per dialect: building and keying a
+    statement costs more than running it. ``lock_rows``: the task rows read are locked
+    (``FOR UPDATE SKIP LOCKED``)."""
 
-    def __init__(self, dialect: str) -> None:
+    def __init__(self, dialect: str, lock_rows: bool) -> None:
+        def locked(query: Any) -> Any:
+            return query.with_for_update(skip_locked=True) if lock_rows else query
+
         # ``enabled`` is checked on the rows read: in the WHERE clause it made SQLite walk the
         # (enabled, next_run_at) index instead of looking the ids up (a scan at 1M tasks)
-        claimable = select(*_SEND_COLUMNS).where(_among(_C.id, dialect))
-        self.claimable = claimable if dialect == "sqlite" else claimable.with_for_update(skip_locked=True)
-        mine = (_among(RUNS.c.id, dialect), RUNS.c.claim_token == bindparam("b_token"),
-                RUNS.c.state == CLAIMED)
+        self.claimable = locked(select(*_SEND_COLUMNS).where(_among(_C.id, dialect)))
+        self.flagged = locked(_FLAGGED)
+        listed, by_token = _among(RUNS.c.id, dialect), RUNS.c.claim_token == bindparam("b_token")
+        still_claimed = RUNS.c.state == CLAIMED
         now = bindparam("b_now", type_=RUNS.c.claimed_at.type)
-        self.renew = update(RUNS).where(*mine).values(claimed_at=now)
-        self.still_mine = select(RUNS.c.id).where(*mine)
+        self.renew = update(RUNS).where(listed, by_token, still_claimed).values(claimed_at=now)
+        self.still_mine = select(RUNS.c.id).where(listed, by_token, still_claimed)
         sent = {"state": SENT, "sent_at": now}
-        self.mark_sent = update(RUNS).where(*mine[:2]).values(**sent)
-        self.mark_sent_any = update(RUNS).where(mine[0]).values(**sent)
+        self.mark_sent = update(RUNS).where(listed, by_token).values(**sent)
+        self.mark_sent_any = update(RUNS).where(listed).values(**sent)
 
 
 def _claim_all(
@@ -361,7 +364,7 @@ class Store:
         self.cron_starting_deadline = cron_starting_deadline
         self._lock_rows = engine.dialect.name != "sqlite"  # SQLite: BEGIN IMMEDIATE instead
         self._dialect = engine.dialect.name
-        self._sql = _Statements(self._dialect)
+        self._sql = _Statements(self._dialect, self._lock_rows)
 
     # -- reading --------------------------------------------------------------
 
@@ -385,8 +388,7 @@ class Store:
         errors: list[tuple[str, str]] = []
         changed: dict[int, datetime | None] = {}
         with begin_write(self.engine) as connection:
-            query = _FLAGGED_LOCKED if self._lock_rows else _FLAGGED
-            rows = connection.execute(query, {"limit": limit}).all()
+            rows = connection.execute(self._sql.flagged, {"limit": limit}).all()
             if not rows:
                 return Recomputed(0, errors, changed)
             specs = _load_specs(connection, rows)

@@ -76,9 +76,9 @@ METRICS = ("startup_s", "idle_tick_ms", "sync_ms", "rss_mb", "rss_base_mb", "rss
 E2E_BROKER = os.environ.get("BEAT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 #: the interval the change test switches a task to (not among the random ones)
 PROBE_EVERY = (5, "seconds")
-#: the tasks the change test edits, through the API and through plain SQL
 #: plain-loop / beat-burst pairs per end-to-end process
 E2E_ROUNDS = 3
+#: the tasks the change test edits, through the API and through plain SQL
 CHANGE_TASKS = {"api": "bench.task.0000001", "sql": "bench.task.0000002"}
 INTERVALS = [(1, "minutes"), (2, "minutes"), (5, "minutes"), (10, "minutes"), (15, "minutes"),
              (30, "minutes"), (1, "hours"), (2, "hours"), (3, "hours"), (6, "hours"),
