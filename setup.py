@@ -36,6 +36,7 @@ setup(
             "ephem>=4.1",
             "redis>=4.5",
             "psycopg[binary]>=3.1",
+            "psycopg2-binary>=2.9",  # the change watch on the driver of a plain postgresql:// URL
             "PyMySQL>=1.1",
             "ruff>=0.5",
             "mypy>=1.10",

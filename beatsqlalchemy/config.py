@@ -36,6 +36,8 @@ class BeatConfig:
     url: str = DEFAULT_URL
     engine_options: dict[str, Any] = field(default_factory=dict)
     sync_interval: float = 1.0
+    #: with a change watch (PostgreSQL, a SQLite file): seconds between its checks; 0: none
+    watch_interval: float = 0.1
     window: float = 10.0
     batch_size: int = 1000
     identity: str = field(default_factory=default_identity)
@@ -60,6 +62,7 @@ class BeatConfig:
             url=resolve_url(conf),
             engine_options=dict(conf.get("beat_sqlalchemy_engine_options") or {}),
             sync_interval=sync,
+            watch_interval=_positive(conf, "beat_sqlalchemy_watch_interval", 0.1, zero=True),
             window=_positive(conf, "beat_sqlalchemy_window", max(10.0, 2 * sync)),
             batch_size=int(_positive(conf, "beat_sqlalchemy_batch_size", 1000)),
             identity=str(conf.get("beat_sqlalchemy_identity") or default_identity()),
@@ -79,7 +82,8 @@ class BeatConfig:
         return config
 
 
-def _positive(conf: Any, key: str, default: float) -> float:
+def _positive(conf: Any, key: str, default: float, zero: bool = False) -> float:
+    """The number under ``key``: above 0 (or at least 0 with ``zero``)."""
     value = conf.get(key)
     if value is None:
         return default
@@ -87,8 +91,9 @@ def _positive(conf: Any, key: str, default: float) -> float:
         number = float(value)
     except (TypeError, ValueError):
         number = -1.0
-    if number <= 0:
+    if not (number > 0 or (zero and number == 0)):  # NaN too
         from .exceptions import ValidationError
 
-        raise ValidationError(key, value, "must be a positive number")
+        reason = "must be zero or a positive number" if zero else "must be a positive number"
+        raise ValidationError(key, value, reason)
     return number

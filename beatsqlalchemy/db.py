@@ -148,6 +148,23 @@ def begin_write(engine: Engine) -> Iterator[Connection]:
             yield connection
 
 
+@contextmanager
+def outside_transaction(engine: Engine) -> Iterator[Connection]:
+    """A connection in autocommit mode: a read there takes no lock, not even on SQLite.
+    A connection found dead while being switched (some drivers send a statement for it)
+    is invalidated and the error raised as SQLAlchemy's, like any other database error."""
+    from sqlalchemy.exc import DBAPIError
+
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+    with engine.connect() as connection:
+        try:
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+        except dbapi_error as exc:  # not wrapped by SQLAlchemy on this path
+            connection.invalidate(exc)
+            raise DBAPIError.instance(None, None, exc, dbapi_error, connection_invalidated=True) from exc
+        yield connection
+
+
 def prepare_write(session: Session) -> None:
     """Make a session's next transaction a read-then-write one (see ``begin_write``)."""
     session.connection(execution_options=WRITE_OPTIONS)

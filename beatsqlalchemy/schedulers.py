@@ -28,7 +28,8 @@ from .db import get_engine, redact, session_factory
 from .exceptions import SchemaNotReady
 from .migrate import ensure_schema
 from .models import PeriodicTask
-from .store import ClaimResult, Run, Store
+from .store import ClaimResult, Run, Store, Window
+from .watch import watch_for
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -134,8 +135,10 @@ class DatabaseScheduler(Scheduler):
     """Celery beat scheduler whose schedule is the ``celery_periodic_task`` table.
 
     Beat holds only the tasks due within ``beat_sqlalchemy_window`` seconds, re-read
-    every ``beat_sqlalchemy_sync_interval`` seconds; each run is claimed in the
-    database (compare-and-set on ``next_run_at``) before it is published.
+    every ``beat_sqlalchemy_sync_interval`` seconds, or, where the database can say that
+    nothing changed (see ``beatsqlalchemy.watch``), as soon as something did and before
+    the window runs out; each run is claimed in the database (compare-and-set on
+    ``next_run_at``) before it is published.
     """
 
     def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
@@ -152,6 +155,11 @@ class DatabaseScheduler(Scheduler):
         self._window: list[tuple[float, int, datetime]] = []
         self._window_end = 0.0
         self._next_sync = 0.0
+        #: until when a due batch may be sent without looking for changes (monotonic)
+        self._spell_end = 0.0
+        #: with a change watch: the time (epoch seconds) by which beat reads again anyway
+        self._read_by = 0.0
+        self._watch = watch_for(self.engine) if self.config.watch_interval > 0 else None
         self._prepared = False
         self._schema_checked = False
         self._outage_since: float | None = None
@@ -202,10 +210,14 @@ class DatabaseScheduler(Scheduler):
             f"    . identity -> {self.config.identity}\n"
             f"    . sync every -> {self.config.sync_interval:g}s "
             f"(window {self.config.window:g}s, claim timeout {self.config.claim_timeout:g}s)"
+            + (f"\n    . changes -> watched every {self.config.watch_interval:g}s"
+               if self._watch is not None else "")
         )
 
     def close(self) -> None:
         self._db.close()
+        if self._watch is not None:
+            self._watch.close()
         super().close()
 
     # -- the redisbeat-style API ---------------------------------------------------
@@ -226,8 +238,7 @@ class DatabaseScheduler(Scheduler):
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Sync when it is time, claim and send what is due, say how long to sleep."""
         if time.monotonic() >= self._next_sync:
-            with shutdown_deferred():
-                self._sync()
+            self._sync()
         heap = self._window
         now = time.time()
         if heap and heap[0][0] <= now and self._outage_since is None:
@@ -240,7 +251,30 @@ class DatabaseScheduler(Scheduler):
         return max(wait, 0.0)
 
     def _sync(self) -> None:
+        """Read the database, unless the change watch saw nothing committed since the last
+        read and nothing else is due."""
+        if self._quiet():
+            self._next_sync = time.monotonic() + self.config.watch_interval
+            self._spell_end = time.monotonic() + self.config.sync_interval
+            return
+        with shutdown_deferred():
+            self._read()
+
+    def _quiet(self) -> bool:
+        """Whether the next read can wait: the watch is armed and saw no change, the window
+        does not run out soon, no claim is about to go stale (``_read_by``), and neither
+        pruning nor runs waiting to be recorded as sent need the database."""
+        watch = self._watch
+        return (
+            watch is not None and watch.armed and not self._unrecorded
+            and time.time() < self._read_by and time.monotonic() < self._next_prune
+            and not watch.changed()
+        )
+
+    def _read(self) -> None:
+        """Read the window, recompute rows flagged by plain SQL, take over stale claims."""
         now = sched.utcnow()
+        self._read_by = 0.0
         try:
             if not self._schema_checked and not self._check_schema():
                 return
@@ -250,20 +284,21 @@ class DatabaseScheduler(Scheduler):
                 run_ids, token = self._unrecorded[0]
                 self.store.mark_sent(run_ids, now, token)
                 self._unrecorded.pop(0)
+            watching = self._watch is not None and self._watch.arm()
             until = now + timedelta(seconds=self.config.window)
             stale_before = now - timedelta(seconds=self.config.claim_timeout)
             limit = self.config.batch_size * 10
-            window = self.store.window(until, limit, stale_before)
+            window = self.store.window(until, limit)
             done = 0
             if window.flagged:  # rows changed with plain SQL: recompute them
                 recomputed = self.store.recompute(now, self.config.batch_size)
                 done = recomputed.done
                 self._report(recomputed.errors)
                 window = (  # a truncated window is read again; otherwise the changes are merged in
-                    self.store.window(until, limit, stale_before) if len(window.due) >= limit
+                    self.store.window(until, limit) if len(window.due) >= limit
                     else window.changed(recomputed.changed, until)
                 )
-            if window.stale:
+            if window.stale(stale_before):
                 self._take_over(now, stale_before)
             if time.monotonic() >= self._next_prune:
                 self._prune(now)
@@ -279,7 +314,19 @@ class DatabaseScheduler(Scheduler):
         self._window_end = rows[-1].next_run_at.timestamp() if full else until.timestamp()
         # a recompute batch that was full, or a truncated window, wants another sync soon
         soon = full or done >= self.config.batch_size
-        self._next_sync = time.monotonic() + (0 if soon else self.config.sync_interval)
+        if watching:
+            self._read_by = self._read_deadline(window)
+        interval = self.config.watch_interval if watching else self.config.sync_interval
+        self._next_sync = time.monotonic() + (0 if soon else interval)
+        self._spell_end = time.monotonic() + (0 if soon else self.config.sync_interval)
+
+    def _read_deadline(self, window: Window) -> float:
+        """When beat must read again though nothing changed: a sync interval before the
+        window it holds runs out, or when the oldest unconfirmed claim goes stale."""
+        deadline = self._window_end - self.config.sync_interval
+        if window.oldest_claim is not None:
+            deadline = min(deadline, window.oldest_claim.timestamp() + self.config.claim_timeout)
+        return deadline
 
     def _take_over(self, now: datetime, stale_before: datetime) -> None:
         """Publish again, with the same task ids, the runs another beat claimed but never
@@ -323,7 +370,7 @@ class DatabaseScheduler(Scheduler):
         the database thread claims the next one and records the one before as sent: the
         database's time hides behind the broker's. The first batch is a tenth of the
         others, so that sending starts at once."""
-        until = min(self._next_sync, time.monotonic() + SEND_SPELL)
+        until = min(self._spell_end, time.monotonic() + SEND_SPELL)
         claim = self._claim_next(now, self._db.inline, max(self.config.batch_size // 10, 1))
         self._recording = []
         try:
@@ -446,6 +493,7 @@ class DatabaseScheduler(Scheduler):
             )
         self._retry_delay = min(max(self._retry_delay * 2, 0.5), MAX_RETRY_DELAY)
         self._next_sync = time.monotonic() + self._retry_delay
+        self._read_by = 0.0  # whatever the watch says, read at the next sync
 
     def _db_ok(self) -> None:
         if self._outage_since is not None:

@@ -36,7 +36,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import NullType
 
 from . import schedules as sched
-from .db import begin_write
+from .db import begin_write, outside_transaction
 from .exceptions import ValidationError
 from .models import (
     SCHEDULE_KINDS,
@@ -80,26 +80,25 @@ def _window_statement() -> Any:
         .subquery()
     )
     flagged = select(_C.id).where(_C.needs_recompute == true()).limit(1).subquery()
-    stale = (
-        select(RUNS.c.id)
-        .where(RUNS.c.state == CLAIMED,
-               RUNS.c.claimed_at < bindparam("stale_before", type_=RUNS.c.claimed_at.type))
+    oldest_claim = (  # an index seek on (state, claimed_at)
+        select(RUNS.c.id, RUNS.c.claimed_at)
+        .where(RUNS.c.state == CLAIMED)
+        .order_by(RUNS.c.claimed_at)
         .limit(1)
         .subquery()
     )
     return union_all(
         select(due.c.id, due.c.next_run_at, literal(0).label("probe")),
         select(flagged.c.id, null(), literal(1)),
-        select(stale.c.id, null(), literal(2)),
+        select(oldest_claim.c.id, oldest_claim.c.claimed_at, literal(2)),
     )
 
 
 CLAIMED, SENT, ABANDONED, SKIPPED = "claimed", "sent", "abandoned", "skipped"
 #: the header beat puts on every run it publishes (RunOnceTask checks only those)
 BEAT_HEADER = "celery_beat_task"
-#: the near window plus probes for flagged tasks and stale claims, built once
+#: the near window plus probes for flagged tasks and the oldest unconfirmed claim, built once
 _WINDOW = _window_statement()
-_EPOCH = datetime(1970, 1, 1, tzinfo=sched.UTC)
 TASK_ID_NAMESPACE = uuid.UUID("6f2b8f52-3c4e-5b7a-9d1e-2a7c0e5b4f10")
 
 
@@ -310,7 +309,12 @@ class Window(NamedTuple):
 
     due: Sequence[TaskRow | Due]
     flagged: bool
-    stale: bool
+    #: when the oldest claim not yet confirmed as sent was made (None: there is none)
+    oldest_claim: datetime | None
+
+    def stale(self, before: datetime) -> bool:
+        """Whether a claim made before ``before`` is still unconfirmed."""
+        return self.oldest_claim is not None and self.oldest_claim < before
 
     def changed(self, rows: Mapping[int, datetime | None], until: datetime) -> Window:
         """The window after ``rows`` got a new ``next_run_at`` (None: not due): what
@@ -318,7 +322,7 @@ class Window(NamedTuple):
         due = [r for r in self.due if r.id not in rows]
         due += [Due(pk, at) for pk, at in rows.items() if at is not None and at <= until]
         due.sort(key=lambda r: r.next_run_at)
-        return Window(due, False, self.stale)
+        return Window(due, False, self.oldest_claim)
 
 
 class Recomputed(NamedTuple):
@@ -368,18 +372,15 @@ class Store:
 
     # -- reading --------------------------------------------------------------
 
-    def window(self, until: datetime, limit: int, stale_before: datetime | None = None) -> Window:
+    def window(self, until: datetime, limit: int) -> Window:
         """Enabled tasks due by ``until`` (at most ``limit``, earliest first), whether any
-        task is flagged for recompute, and whether any claim older than ``stale_before``
-        was never confirmed as sent: one statement, outside a transaction."""
-        params = {"until": until, "limit": limit, "stale_before": stale_before or _EPOCH}
-        with self.engine.connect() as connection:
-            rows = connection.execution_options(isolation_level="AUTOCOMMIT").execute(
-                _WINDOW, params
-            ).all()
+        task is flagged for recompute, and the time of the oldest claim never confirmed as
+        sent: one statement, outside a transaction."""
+        with outside_transaction(self.engine) as connection:
+            rows = connection.execute(_WINDOW, {"until": until, "limit": limit}).all()
         due = sorted((r for r in rows if r.probe == 0), key=lambda r: r.next_run_at)
-        probes = {r.probe for r in rows}
-        return Window(due, 1 in probes, 2 in probes)
+        claims = [r.next_run_at for r in rows if r.probe == 2]
+        return Window(due, any(r.probe == 1 for r in rows), claims[0] if claims else None)
 
     # -- recompute ------------------------------------------------------------
 

@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("BEAT_BENCH_DB", "bsa_bench_ours")  # not the database of a plain bench run
 
-import bench_scheduler as ours  # noqa: E402  (the sibling script, for our own rows)
+import bench_common as common  # noqa: E402  (shared with bench_scheduler.py, no SQLAlchemy)
 
 UTC = timezone.utc
 RESULT_MARK = "BENCH-RESULT "
@@ -55,8 +55,11 @@ SCHEDULERS: dict[str, tuple[str, tuple[str, ...] | None]] = {
 }
 ALIASES = {"beatsqlalchemy": "ours", "persistent": "celery", "django-celery-beat": "django",
            "sqlalchemy-celery-beat": "sqlalchemy", "celery-redbeat": "redbeat"}
-METRICS = ("startup_s", "idle_tick_ms", "sync_ms", "change_api_beat_ms", "change_api_wall_ms",
+METRICS = ("startup_s", "idle_tick_ms", "sync_ms", "read_ms", "change_api_beat_ms", "change_api_wall_ms",
            "change_sql_beat_ms", "change_sql_wall_ms", "rss_mb", "rss_burst_mb", "burst_runs_per_s")
+#: ours only: the read of the database our sync does when its change watch fires (or once a
+#: window), compared with the alternatives' whole sync
+COMPARED_WITH = {"read_ms": "sync_ms"}
 #: lower is better for all but the burst rate
 HIGHER_IS_BETTER = {"burst_runs_per_s"}
 #: why a metric does not apply to a scheduler
@@ -68,9 +71,9 @@ NOT_APPLICABLE = {
     ("redbeat", "change_api"): "no in-memory copy: a saved entry is in the sorted set each tick reads",
     ("redbeat", "change_sql"): "no SQL store",
 }
-PROBE = timedelta(seconds=ours.PROBE_EVERY[0])
-CHANGE_TASKS = ours.CHANGE_TASKS
-INTERVALS = ours.INTERVALS
+PROBE = timedelta(seconds=common.PROBE_EVERY[0])
+CHANGE_TASKS = common.CHANGE_TASKS
+INTERVALS = common.INTERVALS
 
 
 # -- the task set, the same shape as bench_scheduler.py ---------------------------------
@@ -78,9 +81,9 @@ INTERVALS = ours.INTERVALS
 def task_specs(n: int, seed: int = 42) -> Iterator[tuple[str, int | None, int | None, datetime]]:
     """(name, interval index, crontab index, first due time) for ``n`` tasks."""
     rng = random.Random(seed)
-    first = datetime.now(UTC) + ours.OFFSET
-    spread = ours.SPREAD.total_seconds()
-    n_crontabs = len(ours.crontab_rows())
+    first = datetime.now(UTC) + common.OFFSET
+    spread = common.SPREAD.total_seconds()
+    n_crontabs = len(common.crontab_rows())
     for i in range(n):
         due = first + timedelta(seconds=rng.uniform(0, spread))
         if rng.random() < 0.75:
@@ -118,7 +121,7 @@ def per_call_ms(call: Callable[[], object], seconds: float = 2.0, max_batches: i
 
 def start_writer(config: dict[str, Any]) -> subprocess.Popen[str]:
     """Another process that makes one change when it reads a line, then prints its commit time."""
-    return ours.spawn_writer(Path(__file__).resolve(), config)
+    return common.spawn_writer(Path(__file__).resolve(), config)
 
 
 def wait_applied(scheduler: Any, config: dict[str, Any], applied: Callable[[], bool],
@@ -229,7 +232,7 @@ class CeleryHarness(Harness):
     def beat_schedule(self) -> tuple[dict[str, Any], dict[str, datetime]]:
         from celery.schedules import crontab
 
-        crontabs = ours.crontab_rows()
+        crontabs = common.crontab_rows()
         entries, last = {}, {}
         for name, interval, cron, due in task_specs(self.n):
             if interval is not None:
@@ -320,7 +323,7 @@ class DjangoHarness(Harness):
             [IntervalSchedule(every=e, period=p) for e, p in INTERVALS])
         IntervalSchedule.objects.create(every=PROBE.seconds, period="seconds")
         crontabs = CrontabSchedule.objects.bulk_create(
-            [CrontabSchedule(**row) for row in ours.crontab_rows()])
+            [CrontabSchedule(**row) for row in common.crontab_rows()])
         batch: list[Any] = []
         for name, interval, cron, due in task_specs(self.n):
             batch.append(PeriodicTask(
@@ -430,7 +433,7 @@ class SqlalchemyHarness(Harness):
                                [{"every": e, "period": Period(p)} for e, p in INTERVALS])
             interval_ids = list(connection.scalars(select(IntervalSchedule.id).order_by(IntervalSchedule.id)))
             connection.execute(insert(IntervalSchedule), [{"every": PROBE.seconds, "period": Period.SECONDS}])
-            connection.execute(insert(CrontabSchedule), ours.crontab_rows())
+            connection.execute(insert(CrontabSchedule), common.crontab_rows())
             crontab_ids = list(connection.scalars(select(CrontabSchedule.id).order_by(CrontabSchedule.id)))
             rows: list[dict[str, Any]] = []
             for name, interval, cron, due in task_specs(self.n):
@@ -547,7 +550,7 @@ class RedbeatHarness(Harness):
         client = redis.Redis.from_url(REDBEAT_URL)
         client.flushdb()
         app = self.app()
-        crontabs = ours.crontab_rows()
+        crontabs = common.crontab_rows()
         pipe = client.pipeline(transaction=False)
         # the three commands of RedBeatSchedulerEntry.save(), batched in one pipeline
         for i, (name, interval, cron, due) in enumerate(task_specs(self.n)):
@@ -679,7 +682,9 @@ def child_main(config: dict[str, Any]) -> dict[str, Any]:
         harness.populate()
         return {"populate_s": time.perf_counter() - started}
     harness.prepare_app()  # type: ignore[attr-defined]
-    result: dict[str, Any] = {"n": harness.n, "rss_base_mb": ours.proc_status_mb("VmRSS")}
+    if harness.kind in ("django", "sqlalchemy"):  # the database driver too is imported before
+        __import__("psycopg" if harness.backend == "postgresql" else "sqlite3")
+    result: dict[str, Any] = {"n": harness.n, "rss_base_mb": common.proc_status_mb("VmRSS")}
 
     started = time.perf_counter()
     scheduler = harness.start()
@@ -694,7 +699,7 @@ def child_main(config: dict[str, Any]) -> dict[str, Any]:
     else:
         result["sync_ms"] = per_call_ms(lambda: harness.sync(scheduler))
     result["idle_sent"] = sum(harness.sent.values())
-    result["rss_mb"] = ours.peak_rss_mb()
+    result["rss_mb"] = common.peak_rss_mb()
 
     for how in ("api", "sql"):
         if (harness.kind, f"change_{how}") in NOT_APPLICABLE:
@@ -711,7 +716,7 @@ def child_main(config: dict[str, Any]) -> dict[str, Any]:
     k = int(config["burst"])
     if k:
         result.update(harness.burst(scheduler, k))
-        result["rss_burst_mb"] = ours.peak_rss_mb()
+        result["rss_burst_mb"] = common.peak_rss_mb()
     with_close = getattr(harness, "close", None)
     if with_close:
         with_close(scheduler)
@@ -724,7 +729,7 @@ def server_database(create: bool) -> None:
     """Drop (and recreate) the alternatives' PostgreSQL database."""
     from sqlalchemy import create_engine, text
 
-    admin = create_engine(ours.SERVER_URLS["postgresql"], isolation_level="AUTOCOMMIT")
+    admin = create_engine(common.SERVER_URLS["postgresql"], isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
             connection.execute(text(f"DROP DATABASE IF EXISTS {ALT_DB} WITH (FORCE)"))
@@ -748,6 +753,8 @@ def run_json(command: list[str], budget: float) -> dict[str, Any] | None:
 
 def measure_ours(backend: str, n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     started = time.perf_counter()
+    import bench_scheduler as ours  # the parent only: it imports SQLAlchemy
+
     url, insert_s = ours.prepare(backend, n, workdir, True)
     if time.perf_counter() - started > args.populate_budget:
         return {"skipped": f"populating took > {args.populate_budget:g} s"}
@@ -831,19 +838,21 @@ def change_cell(row: dict[str, Any], how: str) -> str:
 
 def table(rows: list[dict[str, Any]], k: int) -> str:
     lines = [
-        "| scheduler | backend | N | startup_s | idle_tick_ms | sync_ms | change api ms (beat / wall) | "
-        f"change sql ms (beat / wall) | rss_mb | rss_burst_mb | burst runs/s (K={k}) | once |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        "| scheduler | backend | N | startup_s | idle_tick_ms | sync_ms | read_ms | "
+        "change api ms (beat / wall) | change sql ms (beat / wall) | rss_mb | rss_burst_mb | "
+        f"burst runs/s (K={k}) | once |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for r in rows:
         head = f"| {r['scheduler']} | {r['backend']} | {r['n']:,} |"
         if "skipped" in r:
-            lines.append(f"{head} skipped ({r['skipped']}) |" + " |" * 8 + " - |")
+            lines.append(f"{head} skipped ({r['skipped']}) |" + " |" * 9 + " - |")
             continue
         once = r.get("burst_exactly_once")
         lines.append(
             f"{head} {cell(r, 'startup_s', '.3f')} | {cell(r, 'idle_tick_ms', '.4f')} | "
-            f"{cell(r, 'sync_ms', '.3f')} | {change_cell(r, 'api')} | {change_cell(r, 'sql')} | "
+            f"{cell(r, 'sync_ms', '.4f')} | {cell(r, 'read_ms', '.3f')} | "
+            f"{change_cell(r, 'api')} | {change_cell(r, 'sql')} | "
             f"{cell(r, 'rss_mb', '.1f')} | {cell(r, 'rss_burst_mb', '.1f')} | "
             f"{cell(r, 'burst_runs_per_s', ',.0f')} | {'-' if once is None else ('yes' if once else 'NO')} |")
     return "\n".join(lines)
@@ -861,7 +870,8 @@ def ratio_table(rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
         for metric in METRICS:
             if mine.get(metric) is None:
                 continue
-            values = [(r[metric], r["scheduler"]) for r in others if r.get(metric) is not None]
+            theirs = COMPARED_WITH.get(metric, metric)
+            values = [(r[theirs], r["scheduler"]) for r in others if r.get(theirs) is not None]
             if not values:
                 continue
             higher = metric in HIGHER_IS_BETTER
@@ -872,7 +882,8 @@ def ratio_table(rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
             beats = all((mine[metric] > v) if higher else (mine[metric] < v) for v, _ in values)
             out.append({"backend": mine["backend"], "n": mine["n"], "metric": metric, "ours": mine[metric],
                         "best": name, "best_value": best, "factor": factor, "beats_all": beats})
-            lines.append(f"| {mine['backend']} | {mine['n']:,} | {metric} | {mine[metric]:.4g} | {name} | "
+            label = metric if theirs == metric else f"{metric} (vs their {theirs})"
+            lines.append(f"| {mine['backend']} | {mine['n']:,} | {label} | {mine[metric]:.4g} | {name} | "
                          f"{best:.4g} | {'-' if factor is None else f'{factor:,.1f}x'} | "
                          f"{'yes' if beats else 'NO'} |")
     return "\n".join(lines), out
@@ -910,6 +921,8 @@ def parent_main(args: argparse.Namespace) -> int:
                     rows.append(row)
                     print(f"[{label} {backend} N={n:,}] {row.get('skipped') or 'done'}", file=sys.stderr)
                 if kind == "ours":
+                    import bench_scheduler as ours
+
                     ours.drop_database(backend)
                 elif backend == "postgresql":
                     server_database(create=False)
@@ -942,9 +955,9 @@ def parent_main(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=ours.parse_sizes, default=[1000, 10_000],
+    parser.add_argument("--sizes", type=common.parse_sizes, default=[1000, 10_000],
                         help="comma-separated task counts (1k, 100k, 1m); the full run is 1k,10k,100k,1m")
-    parser.add_argument("--backends", type=ours.parse_backends, default=["sqlite", "postgresql"],
+    parser.add_argument("--backends", type=common.parse_backends, default=["sqlite", "postgresql"],
                         help="sqlite, postgresql (for ours, django-celery-beat, sqlalchemy-celery-beat)")
     parser.add_argument("--schedulers", type=parse_schedulers, default=list(SCHEDULERS),
                         help=f"comma-separated, from {', '.join(SCHEDULERS)}")

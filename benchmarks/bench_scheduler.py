@@ -24,7 +24,6 @@ import os
 import platform
 import pstats
 import random
-import re
 import resource
 import shutil
 import statistics
@@ -39,6 +38,20 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from bench_common import (
+    CHANGE_TASKS,
+    INTERVALS,
+    OFFSET,
+    PROBE_EVERY,
+    SERVER_URLS,
+    SPREAD,
+    crontab_rows,
+    parse_backends,
+    parse_sizes,
+    peak_rss_mb,
+    proc_status_mb,
+    spawn_writer,
+)
 from sqlalchemy import Engine, create_engine, delete, func, insert, select, text
 from sqlalchemy.engine import make_url
 
@@ -46,18 +59,6 @@ UTC = timezone.utc
 RESULT_MARK = "BENCH-RESULT "
 #: the server database, dropped and recreated per N: give concurrent runs different names
 DB_NAME = os.environ.get("BEAT_BENCH_DB", "bsa_bench")
-SERVER_URLS = {
-    "postgresql": os.environ.get(
-        "BEAT_BENCH_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-    ),
-    "mysql": os.environ.get("BEAT_BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/mysql"),
-}
-BACKEND_ALIASES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql",
-                   "pg": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
-#: the tasks are due between now + OFFSET and now + OFFSET + SPREAD: nothing is due
-#: (or inside beat's 10 s window) while the benchmark runs
-OFFSET = timedelta(hours=1)
-SPREAD = timedelta(days=1)
 CHUNK = 20_000
 #: the project's bar (for N = 1M on PostgreSQL), checked for every backend at its largest N
 TARGETS = {
@@ -69,47 +70,16 @@ TARGETS = {
     "rss_growth_mb": 30.0,
     "e2e_ratio": 0.8,
 }
-METRICS = ("startup_s", "idle_tick_ms", "sync_ms", "rss_mb", "rss_base_mb", "rss_burst_mb",
+METRICS = ("startup_s", "idle_tick_ms", "sync_ms", "read_ms", "rss_mb", "rss_base_mb", "rss_burst_mb",
            "burst_s", "burst_runs_per_s", "change_api_beat_ms", "change_api_wall_ms",
            "change_sql_beat_ms", "change_sql_wall_ms")
 #: the Redis database the end-to-end case publishes to (flushed before each burst)
 E2E_BROKER = os.environ.get("BEAT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-#: the interval the change test switches a task to (not among the random ones)
-PROBE_EVERY = (5, "seconds")
 #: plain-loop / beat-burst pairs per end-to-end process
 E2E_ROUNDS = 3
-#: the tasks the change test edits, through the API and through plain SQL
-CHANGE_TASKS = {"api": "bench.task.0000001", "sql": "bench.task.0000002"}
-INTERVALS = [(1, "minutes"), (2, "minutes"), (5, "minutes"), (10, "minutes"), (15, "minutes"),
-             (30, "minutes"), (1, "hours"), (2, "hours"), (3, "hours"), (6, "hours"),
-             (12, "hours"), (1, "days")]
 
 
 # -- shared by parent and child --------------------------------------------------------
-
-def proc_status_mb(key: str) -> float | None:
-    """A memory line of /proc/self/status (VmHWM, VmRSS) in MB; None off Linux."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    found = re.search(rf"^{key}:\s+(\d+) kB", status, re.MULTILINE)
-    return int(found.group(1)) / 1024 if found else None
-
-
-def peak_rss_mb() -> float:
-    """Peak RSS of this process image.
-
-    ``ru_maxrss`` of a child started by a larger parent reports the parent's peak
-    too (Linux keeps the maximum across ``exec``), so where /proc is available its
-    ``VmHWM`` (the same high-water mark, for this image only) is used instead.
-    """
-    hwm = proc_status_mb("VmHWM")
-    if hwm is not None:
-        return hwm
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss / (1024 * 1024) if sys.platform == "darwin" else maxrss / 1024
-
 
 def tables() -> dict[str, Any]:
     """The beatsqlalchemy tables, keyed by short name."""
@@ -168,18 +138,6 @@ def drop_database(backend: str) -> None:
             connection.execute(text(f"DROP DATABASE IF EXISTS {DB_NAME}{force}"))
     finally:
         admin.dispose()
-
-
-def crontab_rows() -> list[dict[str, str]]:
-    """A few hundred distinct, realistic crontabs in four timezones."""
-    rows = []
-    for minute in ("0", "5", "15", "30", "45", "*/5", "*/15"):
-        for hour in ("*", "0", "3", "9", "12", "18", "9-17", "*/2"):
-            for day_of_week in ("*", "1-5"):
-                for tz in ("UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo"):
-                    rows.append({"minute": minute, "hour": hour, "day_of_week": day_of_week,
-                                 "day_of_month": "*", "month_of_year": "*", "timezone": tz})
-    return rows
 
 
 def task_chunks(n: int, interval_ids: list[int], crontab_ids: list[int],
@@ -340,16 +298,16 @@ def child_main(config: dict[str, Any]) -> dict[str, Any]:
         """Counts what would be published instead of publishing; DB writes stay real."""
 
         sent: Counter[int]
-        #: (time.time() at its end, seconds) of each sync, for the change test
+        #: (time.time() at its end, seconds) of each read of the database, for the change test
         syncs: list[tuple[float, float]] = []
 
         def _send(self, run: Run) -> bool:
             self.sent[run.task_pk] += 1
             return True
 
-        def _sync(self) -> None:
+        def _read(self) -> None:
             started = time.perf_counter()
-            super()._sync()
+            super()._read()
             self.syncs.append((time.time(), time.perf_counter() - started))
 
     app = Celery("bench", broker="memory://", set_as_current=False)
@@ -359,6 +317,7 @@ def child_main(config: dict[str, Any]) -> dict[str, Any]:
         beat_schedule={"bench.config-task": {"task": "bench.noop", "schedule": 86400.0}},
     )
     result: dict[str, Any] = {"n": config["n"]}
+    make_url(config["url"]).get_dialect().import_dbapi()  # the driver too is imported before
     result["rss_base_mb"] = proc_status_mb("VmRSS")
 
     # start-up: construct, then the first tick (schema check, config install, first sync)
@@ -378,11 +337,14 @@ def child_main(config: dict[str, Any]) -> dict[str, Any]:
         result["idle_tick_ms"] = median_per_call(scheduler.tick, ticks, 100) * 1000
     result["window_size"] = len(scheduler._window)
 
-    # sync with nothing changed
+    # the periodic sync with nothing changed (with a change watch: a look at the watch), and
+    # the read of the database it does when something changed, or at least once a window
     syncs = int(config["syncs"])
-    phase = Phase(profile, f"{syncs} syncs")
-    with phase.run():
+    with Phase(profile, f"{syncs} syncs").run():
         result["sync_ms"] = median_per_call(scheduler._sync, syncs, 1) * 1000
+    with Phase(profile, f"{syncs} reads").run():
+        result["read_ms"] = median_per_call(scheduler._read, syncs, 1) * 1000
+    result["watched"] = scheduler._watch is not None
     result["idle_sent"] = sum(BenchScheduler.sent.values())
     result["rss_mb"] = peak_rss_mb()
     result["ru_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -403,19 +365,6 @@ def start_writer(url: str, how: str, name: str) -> subprocess.Popen[str]:
     """Another process, ready to change task ``name`` (through the API or plain SQL)
     when it reads a line; it then prints the time.time() of its commit."""
     return spawn_writer(Path(__file__).resolve(), {"url": url, "how": how, "name": name})
-
-
-def spawn_writer(script: Path, config: dict[str, Any]) -> subprocess.Popen[str]:
-    """``script --writer CONFIG`` in another process; returns once it said it is ready."""
-    writer = subprocess.Popen(
-        [sys.executable, str(script), "--writer", json.dumps(config)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    assert writer.stdout is not None
-    ready = writer.stdout.readline().strip()
-    if ready != "READY":
-        raise RuntimeError(f"writer did not start: {ready!r}")
-    return writer
 
 
 def writer_main(config: dict[str, Any]) -> None:
@@ -478,7 +427,8 @@ def change_once(scheduler: Any, sent: Counter[int], url: str, how: str) -> dict[
     task_pk = before["id"]
     writer = start_writer(url, how, name)
     assert writer.stdin is not None and writer.stdout is not None
-    scheduler._next_sync = time.monotonic() + scheduler.config.sync_interval * random.random()
+    interval = scheduler.config.watch_interval if scheduler._watch else scheduler.config.sync_interval
+    scheduler._next_sync = time.monotonic() + interval * random.random()
     syncs = scheduler.syncs
     syncs.clear()
     sent.pop(task_pk, None)
@@ -506,7 +456,7 @@ def change_once(scheduler: Any, sent: Counter[int], url: str, how: str) -> dict[
     with engine.begin() as connection:
         connection.execute(delete(t["run"]).where(t["run"].c.periodic_task_id == task_pk))
         connection.execute(task.update().where(task.c.id == task_pk).values(**restore))
-    scheduler._sync()
+    scheduler._read()
     sent.pop(task_pk, None)
     return result
 
@@ -569,7 +519,7 @@ def e2e_main(config: dict[str, Any]) -> dict[str, Any]:
                 select(task.c.id).where(task.c.name.like(f"bench.e2e.{round_}.%"))))
         deadline = time.monotonic() + 300
         started = time.perf_counter()
-        scheduler._next_sync = 0.0
+        scheduler._next_sync = scheduler._read_by = 0.0  # as in the burst: found by a read
         while time.monotonic() < deadline:
             scheduler.tick()
             if client.llen("celery") >= k:
@@ -619,7 +569,7 @@ def burst(scheduler: Any, sent: Counter[int], k: int, profile: bool) -> dict[str
     phase = Phase(profile, f"burst of {k}")
     deadline = time.monotonic() + 300
     with phase.run():
-        scheduler._next_sync = 0.0  # the sync that notices them is part of the burst
+        scheduler._next_sync = scheduler._read_by = 0.0  # the read that finds them is part of the burst
         while sum(sent[i] for i in ids) < k and time.monotonic() < deadline:
             scheduler.tick()
     # a few more syncs and ticks: nothing may go out a second time
@@ -644,24 +594,6 @@ def burst(scheduler: Any, sent: Counter[int], k: int, profile: bool) -> dict[str
 
 # -- parent: running and reporting ---------------------------------------------------------
 
-def parse_sizes(value: str) -> list[int]:
-    """``1000,10k,1m`` -> [1000, 10000, 1000000]."""
-    sizes = []
-    for part in value.split(","):
-        part = part.strip().lower()
-        if part:
-            scale = {"k": 1000, "m": 1_000_000}.get(part[-1], 1)
-            sizes.append(int(float(part.rstrip("km")) * scale))
-    return sizes
-
-
-def parse_backends(value: str) -> list[str]:
-    try:
-        return [BACKEND_ALIASES[b.strip().lower()] for b in value.split(",") if b.strip()]
-    except KeyError as exc:
-        raise argparse.ArgumentTypeError(f"unknown backend {exc}; use sqlite, postgresql, mysql") from exc
-
-
 def summarize(backend: str, n: int, runs: list[dict[str, Any]], insert_s: float) -> dict[str, Any]:
     row: dict[str, Any] = {"backend": backend, "n": n, "insert_s": insert_s, "repeats": runs}
     for metric in METRICS:
@@ -669,6 +601,7 @@ def summarize(backend: str, n: int, runs: list[dict[str, Any]], insert_s: float)
         row[metric] = statistics.median(values) if values else None
     syncs = [r["sync_ms"] for r in runs]
     row["sync_ms_range"] = [min(syncs), max(syncs)]
+    row["watched"] = all(r.get("watched") for r in runs)
     row["window_size"] = max(r["window_size"] for r in runs)
     row["idle_sent"] = sum(r["idle_sent"] for r in runs)
     if any("burst_exactly_once" in r for r in runs):
@@ -684,10 +617,10 @@ def fmt(value: Any, spec: str) -> str:
 
 
 def table(rows: list[dict[str, Any]], k: int) -> str:
-    head = ("| backend | N | startup_s | idle_tick_ms | sync_ms | sync range | "
+    head = ("| backend | N | startup_s | idle_tick_ms | sync_ms | sync range | read_ms | "
             "change api ms (beat / wall) | change sql ms (beat / wall) | rss_mb | rss_burst_mb | "
             f"burst_s (K={k}) | runs/s | once |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
     for r in rows:
         once = r.get("burst_exactly_once")
         changes = []
@@ -699,8 +632,9 @@ def table(rows: list[dict[str, Any]], k: int) -> str:
                                f"{fmt(r.get(f'change_{how}_wall_ms'), ',.0f')}")
         lines.append(
             f"| {r['backend']} | {r['n']:,} | {fmt(r['startup_s'], '.3f')} | "
-            f"{fmt(r['idle_tick_ms'], '.4f')} | {fmt(r['sync_ms'], '.2f')} | "
-            f"{r['sync_ms_range'][0]:.2f}-{r['sync_ms_range'][1]:.2f} | {changes[0]} | {changes[1]} | "
+            f"{fmt(r['idle_tick_ms'], '.4f')} | {fmt(r['sync_ms'], '.4f')} | "
+            f"{r['sync_ms_range'][0]:.4f}-{r['sync_ms_range'][1]:.4f} | {fmt(r.get('read_ms'), '.2f')} | "
+            f"{changes[0]} | {changes[1]} | "
             f"{fmt(r['rss_mb'], '.1f')} | {fmt(r.get('rss_burst_mb'), '.1f')} | "
             f"{fmt(r.get('burst_s'), '.2f')} | {fmt(r.get('burst_runs_per_s'), ',.0f')} | "
             f"{'-' if once is None else ('yes' if once else 'NO')} |"
@@ -734,6 +668,8 @@ def check_targets(rows: list[dict[str, Any]], e2e: list[dict[str, Any]]) -> list
             (f"idle tick <= {TARGETS['idle_tick_ms']} ms", big["idle_tick_ms"],
              TARGETS["idle_tick_ms"], "ms", True),
             (f"sync (nothing changed) <= {TARGETS['sync_ms']} ms", big["sync_ms"],
+             TARGETS["sync_ms"], "ms", True),
+            (f"read of the database (nothing changed) <= {TARGETS['sync_ms']} ms", big.get("read_ms"),
              TARGETS["sync_ms"], "ms", True),
             (f"one changed row applied in <= {TARGETS['change_beat_ms']} ms of beat's time", change,
              TARGETS["change_beat_ms"], "ms", True),
@@ -772,7 +708,8 @@ def parent_main(args: argparse.Namespace) -> int:
                     runs.append(run_child(url, n, args))
                     r = runs[-1]
                     print(f"[{backend} N={n:,}] run {repeat + 1}: startup {r['startup_s']:.3f}s, "
-                          f"idle tick {r['idle_tick_ms']:.4f}ms, sync {r['sync_ms']:.2f}ms, "
+                          f"idle tick {r['idle_tick_ms']:.4f}ms, sync {r['sync_ms']:.4f}ms, "
+                          f"read {r['read_ms']:.2f}ms, "
                           f"change api/sql {fmt(r.get('change_api_beat_ms'), '.2f')}/"
                           f"{fmt(r.get('change_sql_beat_ms'), '.2f')}ms, "
                           f"rss {r['rss_mb']:.1f}MB, burst {fmt(r.get('burst_s'), '.2f')}s",

@@ -105,6 +105,7 @@ def test_other_settings(make_app: AppFactory) -> None:
         beat_sqlalchemy_url="sqlite://",
         beat_sqlalchemy_engine_options={"pool_size": 3, "echo": False},
         beat_sqlalchemy_sync_interval="2.5",
+        beat_sqlalchemy_watch_interval="0.25",
         beat_sqlalchemy_window=30,
         beat_sqlalchemy_batch_size=50,
         beat_sqlalchemy_identity="beat-a",
@@ -117,6 +118,7 @@ def test_other_settings(make_app: AppFactory) -> None:
     assert (config.misfire_grace, config.cron_starting_deadline) == (300.0, 120.0)
     assert config.engine_options == {"pool_size": 3, "echo": False}
     assert config.sync_interval == 2.5
+    assert config.watch_interval == 0.25
     assert config.window == 30.0
     assert config.batch_size == 50 and isinstance(config.batch_size, int)
     assert config.identity == "beat-a"
@@ -128,6 +130,7 @@ def test_defaults(make_app: AppFactory) -> None:
     config = BeatConfig.from_app(make_app())
     assert config.engine_options == {}
     assert config.sync_interval == 1.0
+    assert config.watch_interval == 0.1
     assert config.window == 10.0
     assert config.batch_size == 1000
     assert config.create_schema is None
@@ -148,7 +151,7 @@ def test_config_is_cached_on_the_app(make_app: AppFactory) -> None:
 @pytest.mark.parametrize("key", ["beat_sqlalchemy_sync_interval", "beat_sqlalchemy_window",
                                  "beat_sqlalchemy_batch_size", "beat_sqlalchemy_misfire_grace",
                                  "beat_cron_starting_deadline"])
-@pytest.mark.parametrize("value", [0, -1, "abc", "", [1], -0.5])
+@pytest.mark.parametrize("value", [0, -1, "abc", "", [1], -0.5, "nan"])
 def test_bad_numbers_name_the_key(make_app: AppFactory, key: str, value: object) -> None:
     app = make_app(**{key: value})
     with pytest.raises(ValidationError) as caught:
@@ -205,3 +208,15 @@ def test_redact_unparsable_url_shows_nothing() -> None:
     shown = redact("not a url with password hunter2")
     assert "hunter2" not in shown
     assert shown == "<unparsable database URL>"
+
+
+@pytest.mark.parametrize("value", [-1, "abc", "", [1], -0.5, "nan"])
+def test_bad_watch_interval_names_the_key(make_app: AppFactory, value: object) -> None:
+    with pytest.raises(ValidationError, match="beat_sqlalchemy_watch_interval") as caught:
+        BeatConfig.from_app(make_app(beat_sqlalchemy_watch_interval=value))
+    assert repr(value) in str(caught.value)
+    assert "zero or a positive number" in str(caught.value)
+
+
+def test_watch_interval_zero_turns_the_watch_off(make_app: AppFactory) -> None:
+    assert BeatConfig.from_app(make_app(beat_sqlalchemy_watch_interval=0)).watch_interval == 0.0

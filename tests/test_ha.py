@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from celery import Celery
 from sqlalchemy import Engine, insert, select, text, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from beatsqlalchemy import api, db
@@ -217,9 +217,9 @@ def test_take_over_moves_a_stale_claim_to_the_new_beat(engine: Engine, session: 
     later = now + timedelta(seconds=40)
     stale_before = later - timedelta(seconds=30)
     # a claim 40 s old is fresh for a 60 s timeout, stale for a 30 s one
-    assert b.window(later, 100, later - timedelta(seconds=60)).stale is False
+    assert b.window(later, 100).stale(later - timedelta(seconds=60)) is False
     assert b.take_over(later, later - timedelta(seconds=60), 100)[1] == []
-    assert b.window(later, 100, stale_before).stale is True
+    assert b.window(later, 100).stale(stale_before) is True
 
     token, taken = b.take_over(later, stale_before, 100)
     assert token != old_token and len(token) == 32
@@ -237,7 +237,7 @@ def test_take_over_moves_a_stale_claim_to_the_new_beat(engine: Engine, session: 
     assert (row.task_id, row.slot) == (claimed.task_id, slot)
     # now fresh again: nobody takes it, and the window no longer reports a stale claim
     assert a.take_over(later, stale_before, 100)[1] == []
-    assert a.window(later, 100, stale_before).stale is False
+    assert a.window(later, 100).stale(stale_before) is False
 
 
 def test_take_over_leaves_fresh_and_sent_claims(engine: Engine, session: Session) -> None:
@@ -307,7 +307,7 @@ def test_take_over_abandons_claims_of_deleted_or_broken_tasks(
     # abandoned runs are never taken again, nor reported as stale
     even_later = later + timedelta(seconds=60)
     assert [t.run.name for t in b.take_over(even_later, even_later, 100)[1]] == ["kept"]
-    assert b.window(even_later, 100, even_later - timedelta(seconds=1)).stale is False
+    assert b.window(even_later, 100).stale(even_later - timedelta(seconds=1)) is False
 
 
 def test_concurrent_take_overs_take_each_stale_claim_once(engine: Engine, session: Session) -> None:
@@ -724,6 +724,35 @@ def test_a_connection_is_checked_only_after_idling_and_replaced_if_the_server_dr
         with beat_engine.connect() as connection:
             assert connection.execute(text(whoami)).scalar_one() != first
         assert len(pings) == 2
+    finally:
+        beat_engine.dispose()
+
+
+def test_a_connection_dropped_just_after_use_fails_the_read_as_a_database_error(
+    backend: str, db_url: str, engine: Engine,
+) -> None:
+    """A connection the server closed a moment after it was given back is handed out
+    unpinged; the read fails with SQLAlchemy's error (which beat handles as an outage,
+    even where the driver fails while switching to autocommit, as PyMySQL does), and the
+    next read gets a new connection."""
+    if backend == "sqlite":
+        pytest.skip("SQLite keeps pool_pre_ping: a local file has no server to drop it")
+    beat_engine = db.get_engine(db_url, {"pool_size": 1, "max_overflow": 0, "pool_timeout": 5})
+    whoami = {"postgresql": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}[backend]
+    kill = {"postgresql": "SELECT pg_terminate_backend({})", "mysql": "KILL {}"}[backend]
+    store = Store(beat_engine, "beat-a")
+    until = utcnow()
+    try:
+        with beat_engine.connect() as connection:
+            first = connection.execute(text(whoami)).scalar_one()
+        with engine.connect() as other:
+            other.execute(text(kill.format(int(first))))
+        time.sleep(0.05)  # well within IDLE_BEFORE_PING: no ping
+        with pytest.raises(SQLAlchemyError):
+            store.window(until, 10)
+        assert store.window(until, 10).due == []  # a new connection
+        with beat_engine.connect() as connection:
+            assert connection.execute(text(whoami)).scalar_one() != first
     finally:
         beat_engine.dispose()
 

@@ -79,7 +79,7 @@ def assert_migrated(engine: Engine) -> None:
     assert migrate.VERSION_TABLE in names
     assert "alembic_version" not in names
     assert migrate.current_revision(engine) == migrate.head_revision()
-    expected_triggers = 6 if engine.dialect.name != "postgresql" else 5 + 2  # + 2 functions
+    expected_triggers = 6 if engine.dialect.name != "postgresql" else 6 + 3  # + 3 functions
     assert len(triggers(engine)) == expected_triggers, triggers(engine)
 
 

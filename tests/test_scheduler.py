@@ -299,6 +299,7 @@ def test_database_outage_never_raises_and_is_logged_once(
 
 def test_idle_tick_does_not_touch_the_database(app: Celery, engine: Engine, session: Session) -> None:
     app.conf.beat_sqlalchemy_sync_interval = 0.5
+    app.conf.beat_sqlalchemy_watch_interval = 0  # reads every sync (with a watch: test_watch.py)
     PeriodicTask.update_or_create(session, name="hourly", task="tasks.h", interval=timedelta(hours=1))
     PeriodicTask.update_or_create(session, name="soon", task="tasks.s", interval=timedelta(seconds=5))
     scheduler = RecordingScheduler(app=app)
