@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 _lock = threading.Lock()
@@ -72,6 +73,11 @@ def _limit_idle_transactions(engine: Engine, seconds: float) -> None:
         dbapi_connection.commit()
 
 
+def sqlite_in_memory(url: URL) -> bool:
+    """Whether a SQLite URL names an in-memory database (no file other processes share)."""
+    return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+
+
 def _create(url: str, options: dict[str, Any]) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -79,7 +85,7 @@ def _create(url: str, options: dict[str, Any]) -> Engine:
         connect_args = options.setdefault("connect_args", {})
         connect_args.setdefault("timeout", 30)
         engine = create_engine(url, **options)
-        _configure_sqlite(engine, memory=parsed.database in (None, "", ":memory:"))
+        _configure_sqlite(engine, memory=sqlite_in_memory(parsed))
         return engine
     options.setdefault("pool_recycle", 3600)
     ping_idle = "pool_pre_ping" not in options
@@ -153,8 +159,6 @@ def outside_transaction(engine: Engine) -> Iterator[Connection]:
     """A connection in autocommit mode: a read there takes no lock, not even on SQLite.
     A connection found dead while being switched (some drivers send a statement for it)
     is invalidated and the error raised as SQLAlchemy's, like any other database error."""
-    from sqlalchemy.exc import DBAPIError
-
     dbapi_error = engine.dialect.loaded_dbapi.Error
     with engine.connect() as connection:
         try:

@@ -254,8 +254,9 @@ class DatabaseScheduler(Scheduler):
         """Read the database, unless the change watch saw nothing committed since the last
         read and nothing else is due."""
         if self._quiet():
-            self._next_sync = time.monotonic() + self.config.watch_interval
-            self._spell_end = time.monotonic() + self.config.sync_interval
+            at = time.monotonic()
+            self._next_sync = at + self.config.watch_interval
+            self._spell_end = at + self.config.sync_interval
             return
         with shutdown_deferred():
             self._read()
@@ -317,8 +318,9 @@ class DatabaseScheduler(Scheduler):
         if watching:
             self._read_by = self._read_deadline(window)
         interval = self.config.watch_interval if watching else self.config.sync_interval
-        self._next_sync = time.monotonic() + (0 if soon else interval)
-        self._spell_end = time.monotonic() + (0 if soon else self.config.sync_interval)
+        at = time.monotonic()
+        self._next_sync = at + (0 if soon else interval)
+        self._spell_end = at + (0 if soon else self.config.sync_interval)
 
     def _read_deadline(self, window: Window) -> float:
         """When beat must read again though nothing changed: a sync interval before the

@@ -21,6 +21,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from .db import sqlite_in_memory
+
 logger = logging.getLogger(__name__)
 
 #: the channel the ``celery_periodic_task`` trigger notifies (migration 0003)
@@ -112,15 +114,20 @@ class SQLiteWatch(ChangeWatch):
         return int(driver_connection.execute("PRAGMA data_version").fetchone()[0])
 
 
-class PsycopgWatch(ChangeWatch):
-    """``LISTEN`` on psycopg 3: notifications are read off the socket without a query."""
+class _ListenWatch(ChangeWatch):
+    """``LISTEN`` on an autocommit connection; a driver reads the notifications."""
 
     def _open(self, driver_connection: Any) -> None:
         driver_connection.autocommit = True
-        driver_connection.execute(_LISTEN)
+        with driver_connection.cursor() as cursor:
+            cursor.execute(_LISTEN)
 
     def _reset(self, driver_connection: Any) -> None:
-        self._changed(driver_connection)
+        self._changed(driver_connection)  # drop the notifications received so far
+
+
+class PsycopgWatch(_ListenWatch):
+    """psycopg 3: notifications are read off the socket without a query."""
 
     def _changed(self, driver_connection: Any) -> bool:
         pgconn = driver_connection.pgconn
@@ -133,16 +140,8 @@ class PsycopgWatch(ChangeWatch):
         return got
 
 
-class Psycopg2Watch(ChangeWatch):
-    """``LISTEN`` on psycopg2: ``poll()`` reads the socket, notifications pile up."""
-
-    def _open(self, driver_connection: Any) -> None:
-        driver_connection.autocommit = True
-        with driver_connection.cursor() as cursor:
-            cursor.execute(_LISTEN)
-
-    def _reset(self, driver_connection: Any) -> None:
-        self._changed(driver_connection)
+class Psycopg2Watch(_ListenWatch):
+    """psycopg2: ``poll()`` reads the socket, notifications pile up."""
 
     def _changed(self, driver_connection: Any) -> bool:
         driver_connection.poll()  # raises on a closed connection
@@ -155,8 +154,7 @@ def watch_for(engine: Engine) -> ChangeWatch | None:
     """The change watch this engine's database allows, or None."""
     url = engine.url
     if url.get_backend_name() == "sqlite":
-        memory = url.database in (None, "", ":memory:") or "mode=memory" in str(url)
-        return None if memory else SQLiteWatch(engine)
+        return None if sqlite_in_memory(url) else SQLiteWatch(engine)
     if url.get_backend_name() == "postgresql":
         driver = engine.dialect.driver
         if driver == "psycopg":
