@@ -42,7 +42,6 @@ os.environ.setdefault("BEAT_BENCH_DB", "bsa_bench_ours")  # not the database of 
 import bench_common as common  # noqa: E402  (shared with bench_scheduler.py, no SQLAlchemy)
 
 UTC = timezone.utc
-RESULT_MARK = "BENCH-RESULT "
 ALT_DB = os.environ.get("BEAT_BENCH_ALT_DB", "bsa_bench_alt")
 REDBEAT_URL = os.environ.get("BEAT_BENCH_REDBEAT_URL", "redis://127.0.0.1:6379/15")
 #: scheduler -> (label, backends it runs on: None = its own store, whatever --backends says)
@@ -746,8 +745,8 @@ def run_json(command: list[str], budget: float) -> dict[str, Any] | None:
     except subprocess.TimeoutExpired:
         return None
     for line in reversed(done.stdout.splitlines()):
-        if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])  # type: ignore[no-any-return]
+        if line.startswith(common.RESULT_MARK):
+            return json.loads(line[len(common.RESULT_MARK):])  # type: ignore[no-any-return]
     raise RuntimeError(f"child {command[-1][:120]} failed (exit {done.returncode})")
 
 
@@ -975,7 +974,7 @@ def main(argv: list[str] | None = None) -> int:
         writer_main(json.loads(args.writer))
         return 0
     if args.child:
-        print(RESULT_MARK + json.dumps(child_main(json.loads(args.child)), default=str), flush=True)
+        print(common.RESULT_MARK + json.dumps(child_main(json.loads(args.child)), default=str), flush=True)
         return 0
     if "mysql" in args.backends:
         parser.error("the alternatives run on sqlite and postgresql here; use bench_scheduler.py for MariaDB")

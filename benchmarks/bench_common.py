@@ -14,6 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+#: the line prefix a child process prints its JSON result after (read by both parents)
+RESULT_MARK = "BENCH-RESULT "
 SERVER_URLS = {
     "postgresql": os.environ.get(
         "BEAT_BENCH_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

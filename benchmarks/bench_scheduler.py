@@ -43,6 +43,7 @@ from bench_common import (
     INTERVALS,
     OFFSET,
     PROBE_EVERY,
+    RESULT_MARK,
     SERVER_URLS,
     SPREAD,
     crontab_rows,
@@ -56,7 +57,6 @@ from sqlalchemy import Engine, create_engine, delete, func, insert, select, text
 from sqlalchemy.engine import make_url
 
 UTC = timezone.utc
-RESULT_MARK = "BENCH-RESULT "
 #: the server database, dropped and recreated per N: give concurrent runs different names
 DB_NAME = os.environ.get("BEAT_BENCH_DB", "bsa_bench")
 CHUNK = 20_000
