@@ -49,6 +49,8 @@ class BeatConfig:
     misfire_grace: float = 60.0
     #: Celery's ``beat_cron_starting_deadline``: crontab runs later than this are skipped
     cron_starting_deadline: float | None = None
+    #: on a Redis broker: how long a pushed run's task id is kept to refuse a second copy; 0: off
+    broker_dedup_seconds: float = 600.0
 
     @classmethod
     def from_app(cls, app: Any) -> BeatConfig:
@@ -77,6 +79,7 @@ class BeatConfig:
                 None if conf.get("beat_cron_starting_deadline") is None
                 else _positive(conf, "beat_cron_starting_deadline", 0.0)
             ),
+            broker_dedup_seconds=_positive(conf, "beat_sqlalchemy_broker_dedup_seconds", 600.0, zero=True),
         )
         app._beatsqlalchemy_config = config
         return config

@@ -12,17 +12,20 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any, NamedTuple, TypeVar
 
 from celery import Celery
 from celery.beat import Scheduler
 from celery.schedules import BaseSchedule
+from kombu.connection import Connection
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import SingletonThreadPool
 
 from . import api
 from . import schedules as sched
+from .broker import beat_connection, pushes_once
 from .config import BeatConfig
 from .db import get_engine, redact, session_factory
 from .exceptions import SchemaNotReady
@@ -197,6 +200,12 @@ class DatabaseScheduler(Scheduler):
         self._schema_checked = True
         return True
 
+    @cached_property
+    def connection(self) -> Connection:
+        """The broker connection runs are published on; on Redis each run is pushed once
+        (see ``beatsqlalchemy.broker``). Celery's ``close`` releases it."""
+        return beat_connection(self.app, self.config.broker_dedup_seconds)
+
     def should_sync(self) -> bool:
         return False  # run state is written when each run is claimed
 
@@ -212,6 +221,8 @@ class DatabaseScheduler(Scheduler):
             f"(window {self.config.window:g}s, claim timeout {self.config.claim_timeout:g}s)"
             + (f"\n    . changes -> watched every {self.config.watch_interval:g}s"
                if self._watch is not None else "")
+            + (f"\n    . broker -> each run pushed once (task ids kept "
+               f"{self.config.broker_dedup_seconds:g}s)" if pushes_once(self.connection) else "")
         )
 
     def close(self) -> None:

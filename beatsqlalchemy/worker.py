@@ -2,9 +2,11 @@
 
 Beat publishes a run again, with the same task id, when the beat that claimed it never
 recorded it as sent (it was killed or frozen between the broker's accept and that record;
-no sender can tell this from a run never published). A task whose base is
-:class:`RunOnceTask` records its start in the run log, so such a second copy is dropped,
-and beat does not publish again a run a worker has already started.
+no sender can tell this from a run never published), or a beat frozen inside its publish
+call resumes after another beat took the run over. On Redis the broker refuses such a copy
+(``beatsqlalchemy.broker``); for other brokers, and past the dedup period, a task whose
+base is :class:`RunOnceTask` records its start in the run log, so a second copy is
+dropped, and beat does not publish again a run a worker has already started.
 """
 
 from __future__ import annotations

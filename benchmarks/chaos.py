@@ -4,7 +4,8 @@ The scenario shared by ``tests/e2e/test_e2e_chaos.py`` and ``benchmarks/ha_chaos
 ``celery beat -S beatsqlalchemy`` processes (no worker) publish 50 interval tasks due
 every second to a Redis queue that this process consumes itself, recording each
 message as it arrives, while a chaos loop kills (-9), pauses (SIGSTOP past the claim
-timeout) and restarts beats at random. :meth:`Scenario.finish` stops the schedule,
+timeout) and restarts beats at random. The beats push each run once (the broker dedup
+of ``beatsqlalchemy.broker``) unless ``dedup=False``. :meth:`Scenario.finish` stops the schedule,
 lets the surviving beats publish every claim still pending, stops the beats, drains
 the queue and compares the messages with the run log (``celery_periodic_task_run``).
 """
@@ -58,6 +59,7 @@ app.conf.update(
     beat_sqlalchemy_sync_interval=float(os.environ["CHAOS_SYNC_INTERVAL"]),
     beat_sqlalchemy_claim_timeout=float(os.environ["CHAOS_CLAIM_TIMEOUT"]),
     beat_sqlalchemy_identity=os.environ["CHAOS_IDENTITY"],
+    beat_sqlalchemy_broker_dedup_seconds=float(os.environ["CHAOS_DEDUP_SECONDS"]),
     task_default_queue=os.environ["CHAOS_QUEUE"],
     broker_connection_retry_on_startup=True,
     timezone="UTC",
@@ -68,6 +70,8 @@ TAKEOVER = re.compile(
     r"claimed by (?P<previous>\S+) at"
 )
 STALLED_SKIP = "another beat took it over while this one was stalled"
+#: what a beat logs when Redis refused a run's second copy
+REFUSED = "not pushed again"
 #: a run whose message reached the broker this close to a kill -9 or SIGSTOP of the beat
 #: that sent it (or to the SIGCONT that resumed its publish call) was in flight
 IN_FLIGHT = 0.5
@@ -273,6 +277,9 @@ class Result:
     #: found started already (a worker would have dropped them)
     run_once: bool = False
     dropped: int = 0
+    #: whether the beats pushed each run once (Redis), and the copies Redis refused
+    dedup: bool = True
+    refused: int = 0
 
     def count(self, kind: str) -> int:
         return sum(1 for a in self.actions if a.kind == kind)
@@ -286,18 +293,38 @@ class Result:
     def missed(self) -> int:
         return sum(self.missed_slots.values())
 
-    HEADER = ("| backend | workers | duration | beats | tasks | actions (kills/stops/restarts) "
-              "| runs expected | runs sent | duplicates | lost | missed slots | longest gap (s) "
-              "| takeovers |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    @property
+    def failures(self) -> list[str]:
+        """What broke the bar: with the broker dedup, any duplicate; without it, copies
+        that were not in flight (and, under RunOnceTask, copies the start check let by);
+        any lost run, message missing from the run log, or gap over the claim timeout + 2 s."""
+        failures = []
+        if self.dedup and (self.duplicate_ids or self.duplicate_slots):
+            failures.append("duplicates")
+        if not self.dedup and (self.duplicate_ids != self.in_flight
+                               or self.duplicate_slots != self.duplicate_ids):
+            failures.append("duplicates not in flight")
+        if self.run_once and self.dropped != self.duplicate_ids:
+            failures.append("copies started twice")
+        if self.lost or self.unlogged:
+            failures.append("lost runs")
+        if self.longest_gap > self.claim_timeout + 2:
+            failures.append("gap over the claim timeout + 2 s")
+        return failures
+
+    HEADER = ("| backend | broker dedup | workers | duration | beats | tasks "
+              "| actions (kills/stops/restarts) | runs expected | runs sent | duplicates | lost "
+              "| missed slots | longest gap (s) | takeovers |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
     def row(self) -> str:
         kills, stops, restarts = self.count("kill -9"), self.count("SIGSTOP"), self.count("restart")
         actions = f"{kills + stops + restarts} ({kills}/{stops}/{restarts})"
         duplicates = f"{self.duplicate_ids} ids / {self.duplicate_slots} slots ({self.in_flight} in flight)"
         workers = f"RunOnceTask ({self.dropped} dropped)" if self.run_once else "none"
-        return (f"| {self.backend} | {workers} | {self.duration:.0f} s | {self.beats} | {self.tasks} "
-                f"| {actions} "
+        dedup = f"Redis ({self.refused} refused)" if self.dedup else "off"
+        return (f"| {self.backend} | {dedup} | {workers} | {self.duration:.0f} s | {self.beats} "
+                f"| {self.tasks} | {actions} "
                 f"| {self.runs_expected} | {self.runs_sent} | {duplicates} | {len(self.lost)} "
                 f"| {self.missed} | {self.longest_gap:.2f} | {len(self.takeovers)} |")
 
@@ -327,7 +354,7 @@ class Scenario:
     def __init__(
         self, db_url: str, broker_url: str, workdir: Path, *, tasks: int = 50, beats: int = 3,
         claim_timeout: float = 3.0, sync_interval: float = 0.5, seed: int | None = None,
-        processes: Processes | None = None, run_once: bool = False,
+        processes: Processes | None = None, run_once: bool = False, dedup: bool = True,
     ) -> None:
         self.db_url = db_url
         self.engine: Engine = db.get_engine(db_url)
@@ -343,6 +370,7 @@ class Scenario:
         ))
         self.beats = [Beat(f"beat{i + 1}") for i in range(beats)]
         self.beat_count = beats
+        self.dedup = dedup
         self.actions: list[Action] = []
         self.created: dict[str, float] = {}
         self.t0 = 0.0
@@ -350,6 +378,7 @@ class Scenario:
         self.env.update(
             CHAOS_BROKER_URL=broker_url, CHAOS_DB_URL=db_url, CHAOS_QUEUE=self.queue,
             CHAOS_SYNC_INTERVAL=str(sync_interval), CHAOS_CLAIM_TIMEOUT=str(claim_timeout),
+            CHAOS_DEDUP_SECONDS="600" if dedup else "0",
             PYTHONUNBUFFERED="1",
         )
         (workdir / "chaosapp.py").write_text(APP_MODULE, encoding="utf-8")
@@ -559,7 +588,7 @@ class Scenario:
             if gap > longest:
                 longest, longest_task = gap, name
         delays = [received[r.task_id] - r.slot.timestamp() for r in log if r.task_id in received]
-        takeovers, skips = self._takeovers()
+        takeovers, skips, refused = self._from_logs()
         taken = {(t.name, t.slot): t for t in takeovers}
         copies_at: dict[str, list[float]] = defaultdict(list)
         for message in messages:
@@ -595,6 +624,7 @@ class Scenario:
             abandoned=sum(1 for r in log if r.state == "abandoned"), runs=dict(runs),
             senders=dict(Counter(r.sent_by for r in log)), seed=self.seed,
             run_once=self.reader.starts is not None, dropped=len(self.reader.dropped),
+            dedup=self.dedup, refused=refused,
             started=self.t0, ended=ended,
         )
 
@@ -615,20 +645,22 @@ class Scenario:
                 return action, "on resume"
         return None, ""
 
-    def _takeovers(self) -> tuple[list[Takeover], int]:
-        """Re-publishes of stale claims, and runs a stalled beat did not send, from the logs."""
+    def _from_logs(self) -> tuple[list[Takeover], int, int]:
+        """Re-publishes of stale claims, runs a stalled beat did not send, and copies Redis
+        refused, from the beat logs."""
         takeovers: list[Takeover] = []
-        skips = 0
+        skips = refused = 0
         for process in self.processes.processes:
             text = process.log()
             skips += text.count(STALLED_SKIP)
+            refused += text.count(REFUSED)
             identity = re.search(r"beat: identity (\S+),", text)
             for match in TAKEOVER.finditer(text):
                 takeovers.append(Takeover(
                     match["name"], datetime.fromisoformat(match["slot"]), match["previous"],
                     identity[1] if identity else process.role,
                 ))
-        return takeovers, skips
+        return takeovers, skips, refused
 
     def logs(self) -> Iterator[tuple[str, str]]:
         return self.processes.logs()

@@ -113,8 +113,10 @@ def test_other_settings(make_app: AppFactory) -> None:
         beat_sqlalchemy_remove_missing_config_tasks=True,
         beat_sqlalchemy_misfire_grace=300,
         beat_cron_starting_deadline=120,
+        beat_sqlalchemy_broker_dedup_seconds="90",
     )
     config = BeatConfig.from_app(app)
+    assert config.broker_dedup_seconds == 90.0
     assert (config.misfire_grace, config.cron_starting_deadline) == (300.0, 120.0)
     assert config.engine_options == {"pool_size": 3, "echo": False}
     assert config.sync_interval == 2.5
@@ -136,6 +138,7 @@ def test_defaults(make_app: AppFactory) -> None:
     assert config.create_schema is None
     assert config.remove_missing_config_tasks is False
     assert (config.misfire_grace, config.cron_starting_deadline) == (60.0, None)  # Celery's default
+    assert config.broker_dedup_seconds == 600.0
     # a long sync interval widens the window so that nothing falls between two syncs
     assert BeatConfig.from_app(make_app(beat_sqlalchemy_sync_interval=8)).window == 16.0
 
@@ -210,13 +213,18 @@ def test_redact_unparsable_url_shows_nothing() -> None:
     assert shown == "<unparsable database URL>"
 
 
+@pytest.mark.parametrize("key", ["beat_sqlalchemy_watch_interval", "beat_sqlalchemy_broker_dedup_seconds"])
 @pytest.mark.parametrize("value", [-1, "abc", "", [1], -0.5, "nan"])
-def test_bad_watch_interval_names_the_key(make_app: AppFactory, value: object) -> None:
-    with pytest.raises(ValidationError, match="beat_sqlalchemy_watch_interval") as caught:
-        BeatConfig.from_app(make_app(beat_sqlalchemy_watch_interval=value))
+def test_bad_values_of_keys_that_zero_turns_off_name_the_key(
+    make_app: AppFactory, key: str, value: object,
+) -> None:
+    with pytest.raises(ValidationError, match=key) as caught:
+        BeatConfig.from_app(make_app(**{key: value}))
     assert repr(value) in str(caught.value)
     assert "zero or a positive number" in str(caught.value)
 
 
-def test_watch_interval_zero_turns_the_watch_off(make_app: AppFactory) -> None:
-    assert BeatConfig.from_app(make_app(beat_sqlalchemy_watch_interval=0)).watch_interval == 0.0
+def test_zero_turns_the_watch_and_the_broker_dedup_off(make_app: AppFactory) -> None:
+    config = BeatConfig.from_app(make_app(beat_sqlalchemy_watch_interval=0,
+                                          beat_sqlalchemy_broker_dedup_seconds=0))
+    assert (config.watch_interval, config.broker_dedup_seconds) == (0.0, 0.0)

@@ -208,10 +208,11 @@ class Cluster(Processes):
 
     def beat(self, wait: bool = True) -> CeleryProcess:
         """Start ``celery beat -S beatsqlalchemy`` (the entry-point alias); by default
-        wait for its first sync."""
+        wait for its first sync. Each beat has a pid file of its own."""
+        number = sum(1 for p in self.processes if p.role.split("-")[0] == "beat") + 1
         process = self._start("beat", [
             "beat", "-S", "beatsqlalchemy", "-l", "INFO",
-            "--pidfile", str(self.root / "beat.pid"),
+            "--pidfile", str(self.root / f"beat-{number}.pid"),
             "--schedule", str(self.root / "beat-schedule"),
         ])
         if wait:
