@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -21,7 +23,7 @@ from kombu import Connection, Exchange, Queue
 from services import flushed_redis
 from sqlalchemy import select
 
-from beatsqlalchemy import broker, db
+from beatsqlalchemy import broker, db, redis_push_once
 from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
 from beatsqlalchemy.schedulers import DatabaseScheduler
 from beatsqlalchemy.store import BEAT_HEADER
@@ -85,7 +87,7 @@ def queued(client: Any, key: str = QUEUE) -> list[str]:
 def test_a_run_reaches_its_queue_once_however_often_it_is_published(
     make_beat: Callable[..., DatabaseScheduler], client: Any, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="beatsqlalchemy.broker")
+    caplog.set_level(logging.WARNING, logger="beatsqlalchemy")
     first, second = make_beat("beat-a"), make_beat("beat-b")
     for scheduler in (first, second, first):  # a retried publish, another beat
         publish(scheduler, "run-1")
@@ -112,17 +114,17 @@ def test_a_run_id_is_kept_for_the_dedup_period_then_forgotten(
 ) -> None:
     scheduler = make_beat(broker_dedup_seconds=0.5)
     publish(scheduler, "run-1")
-    ttl = client.pttl(f"{broker.KEY_PREFIX}{QUEUE}:run-1")
+    ttl = client.pttl(f"{redis_push_once.KEY_PREFIX}{QUEUE}:run-1")
     assert 0 < ttl <= 500
     publish(scheduler, "run-1")
     assert queued(client) == ["run-1"]
     time.sleep(0.6)
-    assert not client.exists(f"{broker.KEY_PREFIX}{QUEUE}:run-1")
+    assert not client.exists(f"{redis_push_once.KEY_PREFIX}{QUEUE}:run-1")
     publish(scheduler, "run-1")
     assert queued(client) == ["run-1", "run-1"]
     # the default: ten minutes
     publish(make_beat("beat-b"), "run-2")
-    assert 599_000 < client.pttl(f"{broker.KEY_PREFIX}{QUEUE}:run-2") <= 600_000
+    assert 599_000 < client.pttl(f"{redis_push_once.KEY_PREFIX}{QUEUE}:run-2") <= 600_000
 
 
 def test_a_push_that_fails_leaves_nothing_behind_and_raises(
@@ -132,7 +134,7 @@ def test_a_push_that_fails_leaves_nothing_behind_and_raises(
     client.set(QUEUE, "not a list")
     with pytest.raises(Exception, match="WRONGTYPE"):
         publish(scheduler, "run-1", retry=False)
-    assert not client.exists(f"{broker.KEY_PREFIX}{QUEUE}:run-1")  # so a later attempt is pushed
+    assert not client.exists(f"{redis_push_once.KEY_PREFIX}{QUEUE}:run-1")  # so a later attempt is pushed
     client.delete(QUEUE)
     publish(scheduler, "run-1")
     assert queued(client) == ["run-1"]
@@ -147,7 +149,7 @@ def test_the_global_key_prefix_and_priorities_are_kept_and_a_consumer_gets_the_r
     publish(scheduler, "run-1", priority=6)
     publish(scheduler, "run-2")
     assert queued(client, f"proj:{QUEUE}:6") == ["run-1"] and queued(client, f"proj:{QUEUE}") == ["run-2"]
-    assert client.exists(f"proj:{broker.KEY_PREFIX}{QUEUE}:run-1")
+    assert client.exists(f"proj:{redis_push_once.KEY_PREFIX}{QUEUE}:run-1")
 
     received: list[str] = []
     with (Connection(redis_url, transport_options=options) as connection,  # as a worker reads
@@ -214,15 +216,31 @@ def test_with_the_dedup_off_or_another_broker_the_connection_is_the_apps(
             app.close()
 
 
+def test_beat_on_another_broker_does_not_load_the_redis_client(tmp_path: Path) -> None:
+    """The Redis transport (and redis-py, about 7 MB) is imported only for a Redis broker."""
+    script = f"""
+import sys
+from celery import Celery
+from beatsqlalchemy.schedulers import DatabaseScheduler
+app = Celery("amqp", broker="amqp://guest:guest@127.0.0.1:5672//", set_as_current=False)
+app.conf.beat_sqlalchemy_url = "sqlite:///{tmp_path / 'schedule.sqlite3'}"
+scheduler = DatabaseScheduler(app=app, lazy=True)
+assert "broker ->" not in scheduler.info
+print(sorted(m for m in sys.modules if m == "redis" or m.startswith("kombu.transport.redis")))
+"""
+    found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]", found.stderr
+
+
 def test_sentinel_brokers_get_the_push_once_sentinel_transport() -> None:
     app = Celery("sentinel", broker="sentinel://127.0.0.1:26379", set_as_current=False)
     app.conf.broker_transport_options = {"master_name": "mymaster"}
     try:
         connection = broker.beat_connection(app, 60)
-        assert connection.get_transport_cls() is broker.PushOnceSentinelTransport
+        assert connection.get_transport_cls() is redis_push_once.PushOnceSentinelTransport
         assert broker.pushes_once(connection)
         assert connection.transport_options == {"master_name": "mymaster", broker.TTL_OPTION: 60_000}
-        options = broker.PushOnceSentinelChannel.from_transport_options
+        options = redis_push_once.PushOnceSentinelChannel.from_transport_options
         assert "master_name" in options and broker.TTL_OPTION in options
     finally:
         app.close()
