@@ -5,9 +5,11 @@ The scenario shared by ``tests/e2e/test_e2e_chaos.py`` and ``benchmarks/ha_chaos
 every second to a Redis queue that this process consumes itself, recording each
 message as it arrives, while a chaos loop kills (-9), pauses (SIGSTOP past the claim
 timeout) and restarts beats at random. The beats push each run once (the broker dedup
-of ``beatsqlalchemy.broker``) unless ``dedup=False``. :meth:`Scenario.finish` stops the schedule,
-lets the surviving beats publish every claim still pending, stops the beats, drains
-the queue and compares the messages with the run log (``celery_periodic_task_run``).
+of ``beatsqlalchemy.broker``) unless ``dedup=False``; ``publish_latency`` makes each
+publish take that long, so that more kills and pauses land while a run is in flight.
+:meth:`Scenario.finish` stops the schedule, lets the surviving beats publish every claim
+still pending, stops the beats, drains the queue and compares the messages with the run
+log (``celery_periodic_task_run``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,19 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     timezone="UTC",
 )
+#: seconds each publish takes, half before the write and half after the broker's accept:
+#: a slow broker, whose windows a kill or a pause hits more often
+LATENCY = float(os.environ["CHAOS_PUBLISH_LATENCY"])
+
+if LATENCY:
+    import time
+
+    from celery.signals import after_task_publish, before_task_publish
+
+    @before_task_publish.connect(weak=False)
+    @after_task_publish.connect(weak=False)
+    def slow_broker(**kwargs):
+        time.sleep(LATENCY / 2)
 '''
 TAKEOVER = re.compile(
     r"publishing again the run of '(?P<name>[^']+)' \((?P<task>[^)]*)\) for (?P<slot>\S+): "
@@ -355,6 +370,7 @@ class Scenario:
         self, db_url: str, broker_url: str, workdir: Path, *, tasks: int = 50, beats: int = 3,
         claim_timeout: float = 3.0, sync_interval: float = 0.5, seed: int | None = None,
         processes: Processes | None = None, run_once: bool = False, dedup: bool = True,
+        publish_latency: float = 0.0,
     ) -> None:
         self.db_url = db_url
         self.engine: Engine = db.get_engine(db_url)
@@ -378,7 +394,7 @@ class Scenario:
         self.env.update(
             CHAOS_BROKER_URL=broker_url, CHAOS_DB_URL=db_url, CHAOS_QUEUE=self.queue,
             CHAOS_SYNC_INTERVAL=str(sync_interval), CHAOS_CLAIM_TIMEOUT=str(claim_timeout),
-            CHAOS_DEDUP_SECONDS="600" if dedup else "0",
+            CHAOS_DEDUP_SECONDS="600" if dedup else "0", CHAOS_PUBLISH_LATENCY=str(publish_latency),
             PYTHONUNBUFFERED="1",
         )
         (workdir / "chaosapp.py").write_text(APP_MODULE, encoding="utf-8")

@@ -4,7 +4,8 @@ Usage::
 
     python benchmarks/ha_chaos.py [--seconds 180] [--backends postgresql,mariadb]
         [--claim-timeout 3] [--tasks 50] [--beats 3] [--broker redis://127.0.0.1:6379/14]
-        [--actions "kill -9,SIGSTOP,restart"] [--modes dedup,run-once] [--seed N] [--logs DIR]
+        [--actions "kill -9,SIGSTOP,restart"] [--modes dedup,run-once] [--publish-latency 0]
+        [--seed N] [--logs DIR]
 
 For each backend a fresh database is created and migrated; three real
 ``celery beat -S beatsqlalchemy`` processes publish 50 tasks due every second to a
@@ -26,7 +27,10 @@ with the run log. See ``benchmarks/chaos.py`` for the scenario.
 "in flight" counts the extra copies of runs whose message reached the broker within
 0.5 s of a kill -9 or SIGSTOP of the beat that sent them, before it could record them
 as sent (another beat publishes those again after the claim timeout, same task id), or
-right after the SIGCONT of a beat paused inside its publish call. Exit status 1 when a
+right after the SIGCONT of a beat paused inside its publish call. ``--publish-latency``
+makes each publish take that long (half before the write, half after the broker's
+accept), as on a slow broker: more kills and pauses then land while a run is in flight,
+which is where copies come from. Exit status 1 when a
 run broke its mode's bar, was lost, or a gap above the claim timeout plus 2 s was seen.
 """
 
@@ -100,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker", default=BROKER_URL, help="Redis broker URL (a unique queue is used)")
     parser.add_argument("--actions", default=",".join(chaos.ACTIONS),
                         help="comma-separated subset of: " + ", ".join(chaos.ACTIONS))
+    parser.add_argument("--publish-latency", type=float, default=0.0,
+                        help="seconds each publish takes (a slow broker: more runs caught in flight)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the chaos choices")
     parser.add_argument("--logs", type=Path, default=None, help="keep the beat logs in this directory")
     parser.add_argument("--modes", default="dedup,run-once",
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             result = chaos.run(
                 url, args.broker, workdir, args.seconds, backend=label,
                 kinds=kinds, claim_timeout=args.claim_timeout, tasks=args.tasks, beats=args.beats,
-                seed=args.seed, run_once=run_once, dedup=dedup,
+                seed=args.seed, run_once=run_once, dedup=dedup, publish_latency=args.publish_latency,
                 progress=lambda summary: print(summary, file=sys.stderr),
             )
             results.append(result)
