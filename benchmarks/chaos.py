@@ -278,6 +278,10 @@ class Result:
     longest_gap: float
     longest_gap_task: str
     longest_delay: float
+    #: runs that reached the broker later after their slot than the claim timeout (once per
+    #: take-over the run needed: a beat hit again while publishing it) plus 2 s:
+    #: (task, slot, delay, take-overs)
+    overdue: list[tuple[str, datetime, float, int]]
     takeovers: list[Takeover]
     stalled_skips: int
     abandoned: int
@@ -323,6 +327,8 @@ class Result:
             failures.append("copies started twice")
         if self.lost or self.unlogged:
             failures.append("lost runs")
+        if self.overdue:
+            failures.append("runs later than the claim timeout + 2 s")
         if self.longest_gap > self.claim_timeout + 2:
             failures.append("gap over the claim timeout + 2 s")
         return failures
@@ -356,6 +362,8 @@ class Result:
                   f"in flight ({d.how or 'no'}) at: {d.hit or '-'}" for d in self.duplicates[:20]]
         lines += [f"lost: {name} {slot.isoformat()} state={state} by={by}"
                   for name, slot, state, by in self.lost[:20]]
+        lines += [f"overdue: {name} {slot.isoformat()} {delay:.2f}s after its slot, {n} take-over(s)"
+                  for name, slot, delay, n in self.overdue[:20]]
         lines += [f"missed: {name} x{n}" for name, n in sorted(self.missed_slots.items()) if n][:20]
         lines += [f"takeover: {t.name} {t.slot.isoformat()} from {t.previous} by {t.by}"
                   for t in self.takeovers[:20]]
@@ -606,6 +614,13 @@ class Scenario:
         delays = [received[r.task_id] - r.slot.timestamp() for r in log if r.task_id in received]
         takeovers, skips, refused = self._from_logs()
         taken = {(t.name, t.slot): t for t in takeovers}
+        times_taken = Counter((t.name, t.slot) for t in takeovers)
+        overdue = []
+        for r in log:
+            delay = received[r.task_id] - r.slot.timestamp() if r.task_id in received else 0.0
+            times = times_taken[(r.periodic_task_name, r.slot)]
+            if delay > self.claim_timeout * max(times, 1) + 2:
+                overdue.append((r.periodic_task_name, r.slot, delay, times))
         copies_at: dict[str, list[float]] = defaultdict(list)
         for message in messages:
             copies_at[message.id].append(message.received)
@@ -636,7 +651,8 @@ class Scenario:
                   if r.task_id not in received],
             unlogged=sorted({m.id for m in messages} - set(by_id)),
             missed_slots=missed, longest_gap=longest, longest_gap_task=longest_task,
-            longest_delay=max(delays, default=0.0), takeovers=takeovers, stalled_skips=skips,
+            longest_delay=max(delays, default=0.0), overdue=overdue, takeovers=takeovers,
+            stalled_skips=skips,
             abandoned=sum(1 for r in log if r.state == "abandoned"), runs=dict(runs),
             senders=dict(Counter(r.sent_by for r in log)), seed=self.seed,
             run_once=self.reader.starts is not None, dropped=len(self.reader.dropped),

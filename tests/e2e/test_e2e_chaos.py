@@ -99,7 +99,8 @@ def test_kills_pauses_and_restarts_never_send_a_run_twice_or_lose_one(
     assert result.unlogged == [], report
     assert result.lost == [], report
     assert result.longest_gap <= CLAIM_TIMEOUT + 2, report
-    assert result.longest_delay <= CLAIM_TIMEOUT + 2, report
+    # a run is late by one claim timeout (plus 2 s) per beat that was hit while it had it
+    assert result.overdue == [], report
     # every task ran about once a second all along (a paused beat's lock may skip a slot)
     received = sum(1 for runs in result.runs.values() for _, _, at in runs if at is not None)
     assert received >= 0.95 * TASKS * result.duration, report
