@@ -45,8 +45,8 @@ ON_TIME = 1.0
 #: the longest pause between two messages of a task while two beats are healthy
 HEALTHY_GAP = 1.5
 #: how long each publish takes in the chaos tests, half before the write and half after
-#: the broker's accept (a slow broker): about one kill or pause in three lands while a run
-#: is in flight, where second copies come from
+#: the broker's accept (a slow broker): kills and pauses then often land while runs are in
+#: flight, where second copies come from
 SLOW_BROKER = 0.01
 
 servers = pytest.mark.parametrize("backend", ["postgresql", "mysql"])
