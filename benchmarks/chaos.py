@@ -611,16 +611,14 @@ class Scenario:
             gap = max(b - a for a, b in pairwise(edges))
             if gap > longest:
                 longest, longest_task = gap, name
-        delays = [received[r.task_id] - r.slot.timestamp() for r in log if r.task_id in received]
+        delays = {(r.periodic_task_name, r.slot): received[r.task_id] - r.slot.timestamp()
+                  for r in log if r.task_id in received}
         takeovers, skips, refused = self._from_logs()
         taken = {(t.name, t.slot): t for t in takeovers}
         times_taken = Counter((t.name, t.slot) for t in takeovers)
-        overdue = []
-        for r in log:
-            delay = received[r.task_id] - r.slot.timestamp() if r.task_id in received else 0.0
-            times = times_taken[(r.periodic_task_name, r.slot)]
-            if delay > self.claim_timeout * max(times, 1) + 2:
-                overdue.append((r.periodic_task_name, r.slot, delay, times))
+        overdue = [(name, slot, delay, times_taken[(name, slot)])
+                   for (name, slot), delay in delays.items()
+                   if delay > self.claim_timeout * max(times_taken[(name, slot)], 1) + 2]
         copies_at: dict[str, list[float]] = defaultdict(list)
         for message in messages:
             copies_at[message.id].append(message.received)
@@ -651,7 +649,7 @@ class Scenario:
                   if r.task_id not in received],
             unlogged=sorted({m.id for m in messages} - set(by_id)),
             missed_slots=missed, longest_gap=longest, longest_gap_task=longest_task,
-            longest_delay=max(delays, default=0.0), overdue=overdue, takeovers=takeovers,
+            longest_delay=max(delays.values(), default=0.0), overdue=overdue, takeovers=takeovers,
             stalled_skips=skips,
             abandoned=sum(1 for r in log if r.state == "abandoned"), runs=dict(runs),
             senders=dict(Counter(r.sent_by for r in log)), seed=self.seed,

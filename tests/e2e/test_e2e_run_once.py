@@ -26,8 +26,10 @@ from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
 pytestmark = pytest.mark.e2e
 
 CLAIM_TIMEOUT = 2.0
-#: the test app: the record task under RunOnceTask, a short claim timeout, and a beat that
-#: dies (kill -9) right after the broker accepted its first run when E2E_CRASH_MARK is set
+#: the test app: the record task under RunOnceTask, a short claim timeout, the broker dedup
+#: period from E2E_DEDUP_SECONDS, and a beat that, the first time, dies (kill -9) right after
+#: the broker accepted a run when E2E_CRASH_MARK is set, or freezes (SIGSTOP) inside its
+#: publish call when E2E_FREEZE_MARK is set
 RUN_ONCE_APP = APP_MODULE.replace(
     '@app.task(bind=True, name="e2e.record")',
     '@app.task(bind=True, name="e2e.record", base=RunOnceTask)',
@@ -37,20 +39,21 @@ app.conf.beat_sqlalchemy_claim_timeout = {CLAIM_TIMEOUT}
 app.conf.beat_sqlalchemy_broker_dedup_seconds = float(os.environ.get("E2E_DEDUP_SECONDS", "600"))
 
 
-@after_task_publish.connect
-def crash_once(sender=None, headers=None, **kwargs):
-    mark = os.environ.get("E2E_CRASH_MARK")
+def signal_self_once(variable, signum):
+    mark = os.environ.get(variable)
     if mark and not os.path.exists(mark):
         open(mark, "w").close()
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signum)
+
+
+@after_task_publish.connect
+def crash_once(**kwargs):
+    signal_self_once("E2E_CRASH_MARK", signal.SIGKILL)
 
 
 @before_task_publish.connect
-def freeze_once(sender=None, headers=None, **kwargs):
-    mark = os.environ.get("E2E_FREEZE_MARK")
-    if mark and not os.path.exists(mark):
-        open(mark, "w").close()
-        os.kill(os.getpid(), signal.SIGSTOP)
+def freeze_once(**kwargs):
+    signal_self_once("E2E_FREEZE_MARK", signal.SIGSTOP)
 '''
 RUN_ONCE_APP = RUN_ONCE_APP.replace(
     "from celery import Celery\n",
@@ -84,10 +87,15 @@ def crash_after_publish(cluster: Cluster, session: Session) -> tuple[str, dateti
     exit_code = crashing.wait_exit(30)
     assert exit_code == -9 and (cluster.root / "crashed").exists(), crashing.log()
     del cluster.env["E2E_CRASH_MARK"]
-    run = session.execute(select(PeriodicTaskRun).where(PeriodicTaskRun.periodic_task_name == "once")
-                          ).scalar_one()
+    run = once_run(session)
     assert run.state == "claimed" and run.sent_at is None  # the broker has it; the log cannot know
     return run.task_id, slot
+
+
+def once_run(session: Session) -> PeriodicTaskRun:
+    """The run-log row of the task "once" (it has one run in these tests)."""
+    return session.execute(select(PeriodicTaskRun).where(PeriodicTaskRun.periodic_task_name == "once")
+                           ).scalar_one()
 
 
 def run_row(engine: Engine, task_id: str) -> PeriodicTaskRun:
@@ -135,8 +143,7 @@ def test_a_beat_frozen_inside_its_publish_call_does_not_push_a_copy_when_it_resu
     del cluster.env["E2E_FREEZE_MARK"]
     survivor = cluster.beat()
     survivor.wait_log(r"publishing again the run of 'once'", timeout=CLAIM_TIMEOUT + 15)
-    run = session.execute(select(PeriodicTaskRun).where(PeriodicTaskRun.periodic_task_name == "once")
-                          ).scalar_one()
+    run = once_run(session)
     wait_for(lambda: run_row(engine, run.task_id).state == "sent", timeout=10, what="the take-over sent")
     assert queued(cluster) == 1
 
