@@ -350,6 +350,9 @@ def next_run_at(session: Session, name: str, now: datetime | None = None) -> dat
     A row changed with plain SQL and not yet recomputed by beat is computed here the way
     beat will; a row beat cannot schedule raises ValidationError."""
     task = get_task(session, name)
+    error = task.read_error()
+    if error is not None:
+        raise error
     if task.needs_recompute or (task.enabled and task.next_run_at is None and task.schedule_error is None):
         return task.compute_next_run(now or sched.utcnow())
     if task.schedule_error and task.enabled:
@@ -451,6 +454,8 @@ def run_now(
 # -- export and import ----------------------------------------------------------------
 
 def _iso(value: datetime | None) -> str | None:
+    if isinstance(value, str):  # a stored value that cannot be read, as its text
+        return value
     return None if value is None else sched.as_utc(value).isoformat()
 
 
@@ -464,7 +469,7 @@ def schedule_to_dict(task: PeriodicTask) -> tuple[str, dict[str, Any]] | None:
         value = getattr(row, key)
         if isinstance(value, datetime):
             value = _iso(value)
-        elif key in ("latitude", "longitude"):
+        elif key in ("latitude", "longitude") and not isinstance(value, str):
             value = float(value)
         fields[key] = value
     return row.kind, fields

@@ -271,6 +271,8 @@ def command(name: str | None = None, **settings: Any) -> Callable[[F], F]:
 def _when(moment: datetime | None) -> str:
     from .schedules import as_utc
 
+    if isinstance(moment, str):  # a stored value that cannot be read
+        return f"unreadable: {moment!r}"
     return "-" if moment is None else as_utc(moment).strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -278,6 +280,9 @@ def _next_run(session: Session, task: PeriodicTask) -> tuple[datetime | None, st
     """The next run as beat will see it, or the reason the row cannot be scheduled."""
     from . import api
 
+    error = task.read_error()
+    if error is not None:
+        return None, str(error)
     if task.schedule_error and not task.needs_recompute:
         return None, task.schedule_error
     if not task.needs_recompute:
@@ -449,8 +454,10 @@ def show(obj: Context, name: str, as_json: bool) -> None:
                                           "expire_seconds", "start_time") if data[k] is not None}
         if task.headers:
             options["headers"] = task.headers
-        if task.extra_options:
+        if isinstance(task.extra_options, dict):
             options.update(task.extra_options)
+        elif task.extra_options is not None:  # written with plain SQL: shown as stored
+            options["extra_options"] = task.extra_options
         lines = [
             ("name", task.name), ("task", task.task), ("source", data["source"]),
             ("schedule", data["schedule"]),

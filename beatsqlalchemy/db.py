@@ -94,7 +94,34 @@ def _create(url: str, options: dict[str, Any]) -> Engine:
         _ping_when_idle(engine, IDLE_BEFORE_PING)
     if parsed.get_backend_name() in ("mysql", "mariadb"):
         event.listen(engine, "handle_error", _check_violation_is_integrity_error, retval=True)
+    if engine.dialect.driver == "psycopg":
+        event.listen(engine, "connect", _read_any_timestamp)
     return engine
+
+
+def _read_any_timestamp(dbapi_connection: Any, _record: Any) -> None:
+    """Have psycopg give a ``timestamp`` it cannot convert (``infinity``, a year past
+    9999 or BC) as its text instead of failing the whole result: the column type reads
+    it as unreadable, and only its row is broken."""
+    from psycopg import DataError, adapters, postgres
+    from psycopg.adapt import Loader
+    from psycopg.pq import Format
+
+    oid = postgres.types["timestamp"].oid
+    fast: Any = adapters.get_loader(oid, Format.TEXT)
+
+    class AnyTimestampLoader(Loader):
+        def __init__(self, oid: int, context: Any = None) -> None:
+            super().__init__(oid, context)
+            self._load = fast(oid, context).load
+
+        def load(self, data: Any) -> Any:
+            try:
+                return self._load(data)
+            except DataError:
+                return bytes(data).decode("utf-8", "replace")
+
+    dbapi_connection.adapters.register_loader(oid, AnyTimestampLoader)
 
 
 #: a pooled connection unused for longer than this is checked before it is handed out

@@ -90,4 +90,9 @@ def schedule_row(row: Any) -> str:
 def task(periodic_task: Any) -> str:
     """Words for a ``PeriodicTask``'s schedule."""
     row = periodic_task.schedule_row
-    return "no schedule" if row is None else schedule_row(row)
+    if row is None:
+        return "no schedule"
+    try:
+        return schedule_row(row)
+    except (ValueError, TypeError, ArithmeticError, AttributeError):  # values written with plain SQL
+        return f"{row.kind} schedule {row.id} (unreadable)"

@@ -22,6 +22,15 @@ class ValidationError(BeatSQLAlchemyError, ValueError):
         super().__init__(f"{field}: invalid value {shown(value)}: {reason}")
 
 
+class MissingPackage(ValidationError):
+    """A row needs an optional package that is not installed: one line saying which,
+    and how to install it."""
+
+    def __init__(self, kind: str, package: str, extra: str) -> None:
+        super().__init__(kind, package, "not installed")
+        self.args = (f"{kind} schedules need the {package} package: pip install 'beatsqlalchemy[{extra}]'",)
+
+
 def shown(value: Any) -> str:
     """``repr(value)``, cut to SHOWN_LENGTH characters; a stand-in when repr fails (an int
     of more than 4,300 digits, a broken ``__repr__``)."""

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar, NoReturn
 
+from celery.exceptions import ImproperlyConfigured
 from celery.schedules import BaseSchedule
 from celery.schedules import crontab as celery_crontab
 from celery.schedules import schedule as celery_schedule
@@ -30,7 +31,7 @@ from sqlalchemy import (
     false,
     select,
 )
-from sqlalchemy.dialects import mysql
+from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import (
@@ -64,8 +65,45 @@ DESCRIPTION_BYTES = 65_535
 JSON_DEPTH = 100
 
 
-class UTCDateTime(TypeDecorator[datetime]):
-    """Stored as naive UTC (microseconds kept on MySQL), read back as aware UTC."""
+#: why a stored value is ``Unreadable``
+UNREADABLE = ("stored value cannot be read as its column's type (a date and time in the years 1 to "
+              "9999, JSON, a number)")
+
+
+class Unreadable(str):
+    """A stored value that cannot be read as its column's type (text in a date column
+    on SQLite, ``infinity`` on PostgreSQL, a zero date on MariaDB, invalid JSON), kept as
+    its text: the row it is in is shown as broken instead of failing the whole read."""
+
+    __slots__ = ()
+
+
+#: what a driver's or SQLAlchemy's conversion of a stored value may raise
+_CONVERSION_ERRORS = (ValueError, TypeError, ArithmeticError, LookupError)
+
+
+class _Lenient(TypeDecorator[Any]):
+    """A column type whose stored values that do not convert are read as ``Unreadable``."""
+
+    cache_ok = True
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        process = super().result_processor(dialect, coltype)
+        if process is None:
+            return None
+
+        def lenient(value: Any) -> Any:
+            try:
+                return process(value)
+            except _CONVERSION_ERRORS:
+                return Unreadable(value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
+
+        return lenient
+
+
+class UTCDateTime(_Lenient):
+    """Stored as naive UTC (microseconds kept on MySQL), read back as aware UTC; a stored
+    value that is no such time is read as ``Unreadable``."""
 
     impl = DateTime
     cache_ok = True
@@ -73,6 +111,8 @@ class UTCDateTime(TypeDecorator[datetime]):
     def load_dialect_impl(self, dialect: Dialect) -> Any:
         if dialect.name in ("mysql", "mariadb"):
             return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        if dialect.name == "sqlite":  # text parsed below: SQLAlchemy's parser refuses more
+            return dialect.type_descriptor(_SQLiteDateTime())  # type: ignore[no-untyped-call]
         return dialect.type_descriptor(DateTime())
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
@@ -80,12 +120,54 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         return sched.as_utc(value).replace(tzinfo=None)
 
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if isinstance(value, str):  # a value written with plain SQL on SQLite
+        if isinstance(value, str):  # SQLite; a zero date on MySQL; infinity on PostgreSQL
             value = datetime.fromisoformat(value)
+        if type(value) is not datetime:
+            raise TypeError(value)
         return sched.as_utc(value)
+
+
+class _SQLiteDateTime(sqlite.DATETIME):
+    """SQLite's DATETIME written as SQLAlchemy does, read as the stored text."""
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> None:
+        return None
+
+
+class StoredJSON(_Lenient):
+    """JSON whose stored text, when not valid JSON, is read as ``Unreadable``."""
+
+    impl = JSON
+    cache_ok = True
+
+
+class StoredNumeric(_Lenient):
+    """A decimal number; a stored value that is none is read as ``Unreadable``."""
+
+    impl = Numeric
+    cache_ok = True
+
+
+#: what turning one stored row into a schedule or a message may raise when a value the
+#: database let through is unusable (plain SQL), beside ValidationError
+ROW_ERRORS = (ValueError, TypeError, ArithmeticError, LookupError, AttributeError, ImproperlyConfigured)
+
+
+def row_error(table: str, pk: Any, exc: Exception) -> ValidationError:
+    """``exc``, raised while reading the row ``pk`` of ``table``, as a ValidationError."""
+    if isinstance(exc, ValidationError):
+        return exc
+    return ValidationError(table, pk, f"row cannot be read: {type(exc).__name__}: {exc}")
+
+
+def readable(field: str, value: Any) -> Any:
+    """``value``, or a ValidationError naming ``field`` when it was stored unreadable."""
+    if type(value) is Unreadable:
+        raise ValidationError(field, str(value), UNREADABLE)
+    return value
 
 
 class Base(DeclarativeBase):
@@ -213,6 +295,13 @@ def as_int(field: str, value: Any, low: int, high: int | None = None) -> int | N
         span = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise ValidationError(field, value, f"must be {span}")
     return value
+
+
+def as_misfire_policy(field: str, value: Any) -> str | None:
+    """One of MISFIRE_POLICIES, or None (the configuration decides)."""
+    if value is None or value in MISFIRE_POLICIES:
+        return value  # type: ignore[no-any-return]
+    raise ValidationError(field, value, f"must be one of {', '.join(MISFIRE_POLICIES)} (or None)")
 
 
 def as_bool(field: str, value: Any) -> bool:
@@ -367,8 +456,8 @@ class SolarSchedule(ScheduleMixin, Base):
     identity = ("event", "latitude", "longitude")
 
     event: Mapped[str] = mapped_column(String(24))
-    latitude: Mapped[Decimal] = mapped_column(Numeric(9, 6))
-    longitude: Mapped[Decimal] = mapped_column(Numeric(9, 6))
+    latitude: Mapped[Decimal] = mapped_column(StoredNumeric(9, 6))
+    longitude: Mapped[Decimal] = mapped_column(StoredNumeric(9, 6))
 
     @validates("event")
     def _event(self, _key: str, value: Any) -> str:
@@ -379,10 +468,11 @@ class SolarSchedule(ScheduleMixin, Base):
         return sched.coordinate(key, value)
 
     def spec(self) -> sched.Solar:
-        return sched.Solar(self.event, float(self.latitude), float(self.longitude))
+        return sched.solar_spec(self.event, self.latitude, self.longitude)
 
     @property
     def schedule(self) -> celery_solar:
+        sched.require_ephem()
         return celery_solar(self.event, float(self.latitude), float(self.longitude))
 
     def __str__(self) -> str:
@@ -407,7 +497,7 @@ class ClockedSchedule(ScheduleMixin, Base):
         return moment
 
     def spec(self) -> sched.Clocked:
-        return sched.Clocked(self.clocked_time)
+        return sched.Clocked(readable("clocked_time", self.clocked_time))
 
     @property
     def schedule(self) -> ClockedCelerySchedule:
@@ -475,12 +565,12 @@ class PeriodicTask(Base):
     crontab_id: Mapped[int | None] = mapped_column(ForeignKey(CrontabSchedule.id), index=True)
     solar_id: Mapped[int | None] = mapped_column(ForeignKey(SolarSchedule.id), index=True)
     clocked_id: Mapped[int | None] = mapped_column(ForeignKey(ClockedSchedule.id), index=True)
-    args: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    kwargs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    args: Mapped[list[Any]] = mapped_column(StoredJSON, default=list)
+    kwargs: Mapped[dict[str, Any]] = mapped_column(StoredJSON, default=dict)
     queue: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
     exchange: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
     routing_key: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
-    headers: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    headers: Mapped[dict[str, Any]] = mapped_column(StoredJSON, default=dict)
     priority: Mapped[int | None] = mapped_column(Integer)
     expires: Mapped[datetime | None] = mapped_column(UTCDateTime())
     expire_seconds: Mapped[int | None] = mapped_column(Integer)
@@ -495,7 +585,7 @@ class PeriodicTask(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     #: apply_async options that have no column of their own (time_limit, ...)
-    extra_options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    extra_options: Mapped[dict[str, Any] | None] = mapped_column(StoredJSON)
     #: "config" for tasks installed from the app's ``beat_schedule``
     source: Mapped[str | None] = mapped_column(String(16), index=True)
     #: set by the triggers when a plain-SQL write changed the task's schedule; beat recomputes it
@@ -560,9 +650,7 @@ class PeriodicTask(Base):
 
     @validates("misfire_policy")
     def _misfire_policy(self, key: str, value: Any) -> str | None:
-        if value is None or value in MISFIRE_POLICIES:
-            return value  # type: ignore[no-any-return]
-        raise ValidationError(key, value, f"must be one of {', '.join(MISFIRE_POLICIES)} (or None)")
+        return as_misfire_policy(key, value)
 
     @validates("description")
     def _description(self, key: str, value: Any) -> str:
@@ -617,7 +705,21 @@ class PeriodicTask(Base):
         row = self.schedule_row
         if not self.enabled or row is None:
             return None
-        return sched.first_run(row.spec(), now or sched.utcnow(), self.last_run_at, self.start_time)
+        return sched.first_run(row.spec(), now or sched.utcnow(), readable("last_run_at", self.last_run_at),
+                               readable("start_time", self.start_time))
+
+    def read_error(self) -> ValidationError | None:
+        """The first stored value of this task or its schedule that cannot be read
+        (written with plain SQL), as the error naming it; None when all can."""
+        rows: list[Any] = [self, self.schedule_row]
+        for row in rows:
+            if row is None:
+                continue
+            for key in row.__mapper__.columns.keys():  # noqa: SIM118 (names, not columns)
+                value = row.__dict__.get(key)
+                if type(value) is Unreadable:
+                    return ValidationError(key, str(value), UNREADABLE)
+        return None
 
     def __repr__(self) -> str:
         return f"<PeriodicTask {self.name!r} ({self.task})>"

@@ -301,6 +301,8 @@ class DatabaseScheduler(Scheduler):
             stale_before = now - timedelta(seconds=self.config.claim_timeout)
             limit = self.config.batch_size * 10
             window = self.store.window(until, limit)
+            if window.unreadable:  # rare: rows beat would never meet again, named once
+                self._report(self.store.park_unreadable(window.unreadable))
             done = 0
             if window.flagged:  # rows changed with plain SQL: recompute them
                 recomputed = self.store.recompute(now, self.config.batch_size)

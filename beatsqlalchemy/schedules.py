@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import crontab_parser
 
-from .exceptions import ValidationError
+from .exceptions import MissingPackage, ValidationError
 
 UTC = timezone.utc
 PERIODS = ("days", "hours", "minutes", "seconds", "microseconds")
@@ -300,6 +300,22 @@ def coordinate(field: str, value: Any) -> Decimal:
     return number
 
 
+@lru_cache(maxsize=1)
+def _has_ephem() -> bool:
+    try:
+        import ephem  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_ephem() -> None:
+    """Raise MissingPackage (a ValidationError) when ``ephem``, which solar schedules
+    need, cannot be imported."""
+    if not _has_ephem():
+        raise MissingPackage("solar", "ephem", "solar")
+
+
 def next_solar(event: str, latitude: float, longitude: float, after: datetime) -> datetime:
     """The next time of a solar event after ``after`` (needs the ``ephem`` package)."""
     from celery.schedules import solar
@@ -333,6 +349,15 @@ class Clocked:
 
 
 Spec = Interval | Cron | Solar | Clocked
+
+
+def solar_spec(event: Any, latitude: Any, longitude: Any) -> Solar:
+    """A solar schedule's spec from its stored fields, validated; MissingPackage when
+    ``ephem`` is not installed (nothing could compute its runs)."""
+    spec = Solar(solar_event(event), float(coordinate("latitude", latitude)),
+                 float(coordinate("longitude", longitude)))
+    require_ephem()
+    return spec
 
 
 def first_run(

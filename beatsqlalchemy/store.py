@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     any_,
     bindparam,
+    case,
     cast,
     column,
     delete,
@@ -39,6 +40,7 @@ from . import schedules as sched
 from .db import begin_write, outside_transaction
 from .exceptions import ValidationError
 from .models import (
+    ROW_ERRORS,
     SCHEDULE_KINDS,
     ClockedSchedule,
     CrontabSchedule,
@@ -46,7 +48,12 @@ from .models import (
     PeriodicTask,
     PeriodicTaskRun,
     SolarSchedule,
+    as_int,
+    as_misfire_policy,
+    as_name,
     parse_json,
+    readable,
+    row_error,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,6 +87,14 @@ def _window_statement() -> Any:
         .subquery()
     )
     flagged = select(_C.id).where(_C.needs_recompute == true()).limit(1).subquery()
+    # times past any a task can have: only values no datetime holds (PostgreSQL's
+    # infinity, text sorting after digits on SQLite), which the due runs never reach
+    unreadable = (
+        select(_C.id)
+        .where(_C.enabled == true(), _C.next_run_at > bindparam("beyond", type_=_C.next_run_at.type))
+        .limit(bindparam("limit", type_=Integer))
+        .subquery()
+    )
     oldest_claim = (  # an index seek on (state, claimed_at)
         select(RUNS.c.id, RUNS.c.claimed_at)
         .where(RUNS.c.state == CLAIMED)
@@ -91,6 +106,7 @@ def _window_statement() -> Any:
         select(due.c.id, due.c.next_run_at, literal(0).label("probe")),
         select(flagged.c.id, null(), literal(1)),
         select(oldest_claim.c.id, oldest_claim.c.claimed_at, literal(2)),
+        select(unreadable.c.id, null(), literal(3)),
     )
 
 
@@ -99,16 +115,21 @@ CLAIMED, SENT, ABANDONED, SKIPPED = "claimed", "sent", "abandoned", "skipped"
 BEAT_HEADER = "celery_beat_task"
 #: the near window plus probes for flagged tasks and the oldest unconfirmed claim, built once
 _WINDOW = _window_statement()
+#: the latest time a ``next_run_at`` can hold and beat read
+_BEYOND = datetime.max
 TASK_ID_NAMESPACE = uuid.UUID("6f2b8f52-3c4e-5b7a-9d1e-2a7c0e5b4f10")
 
 
+#: one more run counted, unless the INTEGER column is full (a plain-SQL value): a run
+#: must not fail on its counter
+_COUNTED = case((_C.total_run_count < sched.INT32_MAX, _C.total_run_count + 1), else_=_C.total_run_count)
 #: a claim: advance the row past its slot, only if it is still at the slot we saw
 _ADVANCE = (
     update(TASKS)
     .where(_C.id == bindparam("b_id"), _C.next_run_at == bindparam("b_slot", type_=_C.next_run_at.type))
     .values(next_run_at=bindparam("b_next", type_=_C.next_run_at.type),
             last_run_at=bindparam("b_now", type_=_C.last_run_at.type),
-            total_run_count=_C.total_run_count + 1, enabled=bindparam("b_enabled"))
+            total_run_count=_COUNTED, enabled=bindparam("b_enabled"))
 )
 #: a due row moved on without a run (broken, expired, missed): same compare-and-set
 _PARK = (
@@ -161,7 +182,7 @@ _ADVANCED = (
     .where(_C.id == _V.c.id, _C.next_run_at == _V.c.slot)
     .values(next_run_at=_V.c.next, enabled=_V.c.enabled,
             last_run_at=bindparam("b_now", type_=_C.last_run_at.type),
-            total_run_count=_C.total_run_count + 1)
+            total_run_count=_COUNTED)
     .returning(_C.id, _C.name, _V.c.slot, _V.c.task_id)
     .cte("advanced")
 )
@@ -311,6 +332,8 @@ class Window(NamedTuple):
     flagged: bool
     #: when the oldest claim not yet confirmed as sent was made (None: there is none)
     oldest_claim: datetime | None
+    #: enabled tasks whose ``next_run_at`` is no time beat can read (see ``park_unreadable``)
+    unreadable: Sequence[int] = ()
 
     def stale(self, before: datetime) -> bool:
         """Whether a claim made before ``before`` is still unconfirmed."""
@@ -377,10 +400,36 @@ class Store:
         task is flagged for recompute, and the time of the oldest claim never confirmed as
         sent: one statement, outside a transaction."""
         with outside_transaction(self.engine) as connection:
-            rows = connection.execute(_WINDOW, {"until": until, "limit": limit}).all()
-        due = sorted((r for r in rows if r.probe == 0), key=lambda r: r.next_run_at)
+            rows = connection.execute(_WINDOW, {"until": until, "limit": limit, "beyond": _BEYOND}).all()
+        due = [r for r in rows if r.probe == 0]
+        unreadable = [r.id for r in rows if r.probe == 3]
+        if not all(type(r.next_run_at) is datetime for r in due):  # written with plain SQL
+            unreadable += [r.id for r in due if type(r.next_run_at) is not datetime]
+            due = [r for r in due if type(r.next_run_at) is datetime]
+        due.sort(key=lambda r: r.next_run_at)
         claims = [r.next_run_at for r in rows if r.probe == 2]
-        return Window(due, any(r.probe == 1 for r in rows), claims[0] if claims else None)
+        return Window(due, any(r.probe == 1 for r in rows), claims[0] if claims else None, unreadable)
+
+    def park_unreadable(self, ids: Sequence[int]) -> list[tuple[str, str]]:
+        """Mark the tasks ``ids`` whose ``next_run_at`` is still no readable time as
+        broken (``schedule_error``, no next run) so that no read meets them again;
+        returns (name, reason) of each."""
+        errors: list[tuple[str, str]] = []
+        with begin_write(self.engine) as connection:
+            query = select(_C.id, _C.name, _C.next_run_at).where(_C.id.in_(ids))
+            if self._lock_rows:
+                query = query.with_for_update()
+            for row in connection.execute(query).all():
+                try:
+                    readable("next_run_at", row.next_run_at)
+                    continue  # fixed meanwhile
+                except ValidationError as exc:
+                    reason = str(exc)
+                connection.execute(
+                    update(TASKS).where(_C.id == row.id).values(next_run_at=None, schedule_error=reason)
+                )
+                errors.append((row.name, reason))
+        return errors
 
     # -- recompute ------------------------------------------------------------
 
@@ -401,9 +450,10 @@ class Store:
                     spec = _spec_of(row, specs)
                     if row.enabled:
                         values["b_next"] = sched.first_run(spec, now, row.last_run_at, row.start_time)
-                except ValidationError as exc:
-                    values.update(b_next=None, b_error=str(exc))
-                    errors.append((row.name, str(exc)))
+                except ROW_ERRORS as exc:
+                    reason = str(row_error("task", row.id, exc))
+                    values.update(b_next=None, b_error=reason)
+                    errors.append((row.name, reason))
                 params.append(values)
                 changed[row.id] = values["b_next"]
             connection.execute(_RECOMPUTED, params)
@@ -438,9 +488,10 @@ class Store:
                     args, kwargs, options = _parse_payload(row)
                     spec = _spec_of(row, specs)
                     next_run = None if row.one_off else sched.after_run(spec, slot, now)
-                except ValidationError as exc:
-                    parked.append(({**park, "b_error": str(exc)}, None))
-                    result.errors.append((row.name, str(exc)))
+                except ROW_ERRORS as exc:
+                    reason = str(row_error("task", row.id, exc))
+                    parked.append(({**park, "b_error": reason}, None))
+                    result.errors.append((row.name, reason))
                     result.rescheduled.append((row.id, None))
                     continue
                 if row.expires is not None and row.expires <= now:
@@ -514,7 +565,7 @@ class Store:
                     if task is None:
                         raise ValidationError("periodic_task_id", claim.periodic_task_id, "task deleted")
                     args, kwargs, options = _parse_payload(task)
-                except ValidationError as exc:
+                except ROW_ERRORS as exc:
                     connection.execute(mine.values(state=ABANDONED))
                     logger.warning("beat: abandoned the unsent run of %r for %s: %s",
                                    claim.periodic_task_name, claim.slot.isoformat(), exc)
@@ -595,25 +646,28 @@ def _loads(field: str, raw: str | None, kind: type, default: Any) -> Any:
 
 
 def _parse_payload(row: TaskRow) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
-    """args, kwargs and the apply_async options of a task row, validated."""
+    """args, kwargs and the apply_async options of a task row, validated: whatever the
+    database let through (plain SQL) that cannot be sent raises ValidationError."""
+    as_name("task", row.task)
+    readable("last_run_at", row.last_run_at)
+    readable("start_time", row.start_time)
+    as_misfire_policy("misfire_policy", row.misfire_policy)
     args = _loads("args", row.args, list, [])
     kwargs = _loads("kwargs", row.kwargs, dict, {})
     headers = _loads("headers", row.headers, dict, {})
     options: dict[str, Any] = dict(_loads("extra_options", row.extra_options, dict, {}))
     if row.queue:
-        options["queue"] = row.queue
+        options["queue"] = as_name("queue", row.queue)
     if row.exchange:
-        options["exchange"] = row.exchange
+        options["exchange"] = as_name("exchange", row.exchange)
     if row.routing_key:
-        options["routing_key"] = row.routing_key
+        options["routing_key"] = as_name("routing_key", row.routing_key)
     if row.priority is not None:
-        if not 0 <= row.priority <= 255:
-            raise ValidationError("priority", row.priority, "must be between 0 and 255")
-        options["priority"] = row.priority
+        options["priority"] = as_int("priority", row.priority, 0, 255)
     if row.expires is not None:
-        options["expires"] = row.expires
+        options["expires"] = readable("expires", row.expires)
     elif row.expire_seconds is not None:
-        options["expires"] = row.expire_seconds
+        options["expires"] = as_int("expire_seconds", row.expire_seconds, 0, sched.INT32_MAX)
     options["headers"] = {**headers, BEAT_HEADER: True}
     return args, kwargs, options
 
@@ -625,10 +679,9 @@ _SPEC_TABLES: dict[str, tuple[Table, Callable[[TaskRow], Any]]] = {
                 lambda r: sched.Cron.parse(r.minute, r.hour, r.day_of_week, r.day_of_month,
                                            r.month_of_year, r.timezone)),
     "solar": (_table(SolarSchedule),
-              lambda r: sched.Solar(sched.solar_event(r.event),
-                                    float(sched.coordinate("latitude", r.latitude)),
-                                    float(sched.coordinate("longitude", r.longitude)))),
-    "clocked": (_table(ClockedSchedule), lambda r: sched.Clocked(sched.as_utc(r.clocked_time))),
+              lambda r: sched.solar_spec(r.event, r.latitude, r.longitude)),
+    "clocked": (_table(ClockedSchedule),
+                lambda r: sched.Clocked(sched.as_utc(readable("clocked_time", r.clocked_time)))),
 }
 
 
@@ -650,8 +703,8 @@ def _load_specs(connection: Connection, rows: Sequence[TaskRow]) -> dict[tuple[s
         for schedule_row in connection.execute(_SPEC_ROWS[kind], {"ids": list(ids)}):
             try:
                 specs[kind, schedule_row.id] = build(schedule_row)
-            except ValidationError as exc:
-                specs[kind, schedule_row.id] = exc
+            except ROW_ERRORS as exc:
+                specs[kind, schedule_row.id] = row_error(kind, schedule_row.id, exc)
     return specs
 
 

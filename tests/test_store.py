@@ -75,10 +75,10 @@ def test_window_returns_enabled_due_tasks_in_order(engine: Engine, session: Sess
     assert [r.id for r in store.window(now + timedelta(seconds=200), 2)[0]] == [early, late]
     first = store.window(now, 1)[0][0]
     assert first.next_run_at == now - timedelta(seconds=5)
-    assert store.window(now - timedelta(seconds=60), 100) == ([], False, None)
+    assert store.window(now - timedelta(seconds=60), 100)[:3] == ([], False, None)
     # the same statement says whether a plain-SQL write flagged any task for recompute
     execute(engine, "UPDATE celery_periodic_task SET enabled = :f WHERE name = 'far'", f=False)
-    assert store.window(now - timedelta(seconds=60), 100) == ([], True, None)
+    assert store.window(now - timedelta(seconds=60), 100)[:3] == ([], True, None)
 
 
 # -- claim ------------------------------------------------------------------------
