@@ -276,6 +276,11 @@ def _when(moment: datetime | None) -> str:
     return "-" if moment is None else as_utc(moment).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _iso(moment: datetime | None) -> str | None:
+    """A time as ISO text; a stored value that cannot be read, as its text."""
+    return moment.isoformat() if isinstance(moment, datetime) else moment
+
+
 def _next_run(session: Session, task: PeriodicTask) -> tuple[datetime | None, str | None]:
     """The next run as beat will see it, or the reason the row cannot be scheduled."""
     from . import api
@@ -444,8 +449,8 @@ def show(obj: Context, name: str, as_json: bool) -> None:
         if as_json:
             data["upcoming"] = [moment.isoformat() for moment in upcoming]
             data["recent_runs"] = [{
-                "slot": run.slot.isoformat(), "task_id": run.task_id, "state": run.state,
-                "sent_by": run.sent_by, "sent_at": None if run.sent_at is None else run.sent_at.isoformat(),
+                "slot": _iso(run.slot), "task_id": run.task_id, "state": run.state,
+                "sent_by": run.sent_by, "sent_at": _iso(run.sent_at),
             } for run in recent]
             _echo_json(data)
             return
