@@ -31,6 +31,7 @@ from click.testing import CliRunner
 from e2e_harness import APP_MODULE, Cluster, Processes, wait_for
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from test_unreadable import BAD_TIMES, MISSING_EPHEM
 
 from beatsqlalchemy import db, migrate
 from beatsqlalchemy.cli import main as cli_main
@@ -46,14 +47,7 @@ APP_WITHOUT_EPHEM = "import sys\nsys.modules['ephem'] = None\n" + APP_MODULE
 MAX_GAP = 2.5
 #: how long the healthy tasks are watched once every bad row is marked
 OBSERVE = 4.0
-MISSING_EPHEM = "solar schedules need the ephem package: pip install 'beatsqlalchemy[solar]'"
 
-#: values no date column can turn into a time, per backend
-BAD_TIMES = {
-    "sqlite": ["'next monday 9:00'", "' 2026-01-01 00:00:00'", "5", "'2020-13-45 25:00:00'"],
-    "postgresql": ["'infinity'", "'-infinity'", "'0044-03-15 00:00:00 BC'", "'12000-01-01 00:00:00'"],
-    "mysql": ["'0000-00-00 00:00:00'", "'2026-00-00 00:00:00'", "'2026-02-00 12:00:00'"],
-}
 LONG = "'" + "x" * 300 + "'"
 
 
