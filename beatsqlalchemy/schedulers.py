@@ -377,6 +377,8 @@ class DatabaseScheduler(Scheduler):
                 session, entries, self.config.remove_missing_config_tasks
             )
         logger.info("beat: %d task(s) from beat_schedule installed, %d retired", installed, retired)
+        if self.store.retry_solar():  # ephem installed since they were marked broken
+            logger.info("beat: solar tasks broken for want of ephem are scheduled again")
         self._prepared = True
 
     def _run_due(self, now: float) -> None:

@@ -301,7 +301,8 @@ def coordinate(field: str, value: Any) -> Decimal:
 
 
 @lru_cache(maxsize=1)
-def _has_ephem() -> bool:
+def has_ephem() -> bool:
+    """Whether ``ephem``, which solar schedules need, can be imported."""
     try:
         import ephem  # type: ignore[import-untyped]  # noqa: F401
     except ImportError:
@@ -309,10 +310,13 @@ def _has_ephem() -> bool:
     return True
 
 
+#: the reason a solar row is broken without ``ephem``
+MISSING_EPHEM = str(MissingPackage("solar", "ephem", "solar"))
+
+
 def require_ephem() -> None:
-    """Raise MissingPackage (a ValidationError) when ``ephem``, which solar schedules
-    need, cannot be imported."""
-    if not _has_ephem():
+    """Raise MissingPackage (a ValidationError) when ``ephem`` cannot be imported."""
+    if not has_ephem():
         raise MissingPackage("solar", "ephem", "solar")
 
 

@@ -433,6 +433,17 @@ class Store:
 
     # -- recompute ------------------------------------------------------------
 
+    def retry_solar(self) -> int:
+        """Flag for recompute the solar tasks broken only because ``ephem`` was missing,
+        now that it is installed (a restart after ``pip install``); returns how many."""
+        if not sched.has_ephem():
+            return 0
+        with begin_write(self.engine) as connection:
+            return int(connection.execute(
+                update(TASKS).where(_C.solar_id.is_not(None), _C.schedule_error == sched.MISSING_EPHEM)
+                .values(needs_recompute=True)
+            ).rowcount)
+
     def recompute(self, now: datetime, limit: int) -> Recomputed:
         """Give tasks flagged by a plain-SQL write a fresh ``next_run_at``."""
         errors: list[tuple[str, str]] = []

@@ -53,7 +53,7 @@ from bench_common import (
     proc_status_mb,
     spawn_writer,
 )
-from sqlalchemy import Engine, create_engine, delete, func, insert, select, text
+from sqlalchemy import JSON, Engine, create_engine, delete, func, insert, select, text
 from sqlalchemy.engine import make_url
 
 UTC = timezone.utc
@@ -162,7 +162,8 @@ def task_chunks(n: int, interval_ids: list[int], crontab_ids: list[int],
 def copy_rows(engine: Engine, table: Any, chunks: Iterator[list[dict[str, Any]]]) -> None:
     """PostgreSQL: load the rows with COPY ... FROM STDIN (psycopg 3), one transaction."""
     columns = [c.name for c in table.columns if c.name != "id"]
-    json_columns = {c.name for c in table.columns if c.type.__class__.__name__ == "JSON"}
+    json_columns = {c.name for c in table.columns
+                    if isinstance(getattr(c.type, "impl_instance", c.type), JSON)}
     raw = engine.raw_connection()
     try:
         cursor = raw.driver_connection.cursor()  # type: ignore[union-attr]

@@ -255,10 +255,10 @@ def test_cli_list_and_show_show_unreadable_rows_as_broken(db_url: str, unreadabl
 @pytest.fixture
 def without_ephem(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setitem(sys.modules, "ephem", None)  # importing it raises ImportError
-    sched._has_ephem.cache_clear()
+    sched.has_ephem.cache_clear()
     yield
     monkeypatch.undo()
-    sched._has_ephem.cache_clear()
+    sched.has_ephem.cache_clear()
 
 
 def test_without_ephem_a_solar_row_is_broken_and_the_rest_of_its_batch_scheduled(
@@ -289,3 +289,21 @@ def test_without_ephem_a_solar_row_is_broken_and_the_rest_of_its_batch_scheduled
         shown.output.split())
     with pytest.raises(ValueError, match="need the ephem package"):
         api.next_run_at(session, "solar")
+
+
+def test_solar_rows_broken_for_want_of_ephem_are_scheduled_again_once_it_is_installed(
+    engine: Engine, session: Session, store: Store, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make(session, "solar", solar={"event": "sunset", "latitude": 52.5, "longitude": 13.4})
+    make(session, "other-error")
+    with engine.begin() as connection:
+        connection.execute(TASKS.update().values(schedule_error=MISSING_EPHEM, next_run_at=None))
+    monkeypatch.setitem(sys.modules, "ephem", None)
+    sched.has_ephem.cache_clear()
+    assert store.retry_solar() == 0  # still missing: nothing to retry
+    monkeypatch.undo()
+    sched.has_ephem.cache_clear()
+    assert store.retry_solar() == 1  # only the solar row
+    assert store.recompute(utcnow(), 100).errors == []
+    assert error_of(engine, "solar") is None
+    assert error_of(engine, "other-error") == MISSING_EPHEM

@@ -26,7 +26,7 @@ import pytest
 from celery import Celery
 from click.testing import CliRunner
 from e2e_harness import Cluster, Processes
-from sqlalchemy import Engine, LargeBinary, PickleType, create_engine, inspect, select, text
+from sqlalchemy import JSON, Engine, LargeBinary, PickleType, create_engine, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -115,7 +115,8 @@ def test_no_column_holds_a_pickled_or_binary_value(engine: Engine) -> None:
             assert not isinstance(column.type, PickleType | LargeBinary), (table.name, column.name)
     json_columns = {"args", "kwargs", "headers", "extra_options"}
     columns = PeriodicTask.__table__.columns
-    assert {c.name for c in columns if c.type.__class__.__name__ == "JSON"} == json_columns
+    stored_as_json = {c.name for c in columns if isinstance(getattr(c.type, "impl_instance", c.type), JSON)}
+    assert stored_as_json == json_columns
     inspector = inspect(engine)
     for table_name in TABLES:
         for column in inspector.get_columns(table_name):
