@@ -96,7 +96,24 @@ def _create(url: str, options: dict[str, Any]) -> Engine:
         event.listen(engine, "handle_error", _check_violation_is_integrity_error, retval=True)
     if engine.dialect.driver == "psycopg":
         event.listen(engine, "connect", _read_any_timestamp)
+    elif engine.dialect.driver == "psycopg2":
+        event.listen(engine, "connect", _read_any_timestamp_psycopg2)
     return engine
+
+
+def _read_any_timestamp_psycopg2(dbapi_connection: Any, _record: Any) -> None:
+    """``_read_any_timestamp`` for psycopg2 (a year past 9999 or BC; it reads infinity
+    as datetime.max and -infinity as datetime.min)."""
+    from psycopg2 import extensions  # type: ignore[import-untyped]
+
+    def cast(value: str | None, cursor: Any) -> Any:
+        try:
+            return extensions.PYDATETIME(value, cursor)
+        except ValueError:
+            return value
+
+    extensions.register_type(extensions.new_type(extensions.PYDATETIME.values, "TIMESTAMP_ANY", cast),
+                             dbapi_connection)
 
 
 def _read_any_timestamp(dbapi_connection: Any, _record: Any) -> None:

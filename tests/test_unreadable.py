@@ -307,3 +307,17 @@ def test_solar_rows_broken_for_want_of_ephem_are_scheduled_again_once_it_is_inst
     assert store.recompute(utcnow(), 100).errors == []
     assert error_of(engine, "solar") is None
     assert error_of(engine, "other-error") == MISSING_EPHEM
+
+
+def test_psycopg2_reads_a_year_past_9999_as_unreadable(backend: str, db_url: str, session: Session) -> None:
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL only")
+    from beatsqlalchemy import db
+
+    make(session, "far")
+    engine = db.get_engine(db_url.replace("+psycopg:", "+psycopg2:"))
+    assert engine.dialect.driver == "psycopg2"
+    write(engine, "UPDATE celery_periodic_task SET start_time = '12000-01-01 00:00:00' WHERE name = 'far'")
+    with db.session_factory(engine)() as other:
+        [task] = api.list_tasks(other)
+        assert type(task.start_time) is Unreadable and task.read_error() is not None
