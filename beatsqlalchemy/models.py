@@ -121,13 +121,34 @@ class UTCDateTime(_Lenient):
         return sched.as_utc(value).replace(tzinfo=None)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, str):  # SQLite; a zero date on MySQL; infinity on PostgreSQL
-            value = datetime.fromisoformat(value)
-        if type(value) is not datetime:
-            raise TypeError(value)
-        return sched.as_utc(value)
+        return None if value is None else _stored_utc(value)
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        if self._unwrapped_dialect_impl(dialect).result_processor(dialect, coltype) is not None:
+            return super().result_processor(dialect, coltype)
+        return _read_utc  # what every supported driver gives: one call per value
+
+
+def _stored_utc(value: Any) -> datetime:
+    """A stored time (a datetime, or text: SQLite; a zero date on MySQL; infinity on
+    PostgreSQL) as aware UTC; ValueError or TypeError when it is none."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if type(value) is not datetime:
+        raise TypeError(value)
+    return sched.as_utc(value)
+
+
+def _read_utc(value: Any) -> datetime | Unreadable | None:
+    """A stored time as aware UTC; ``Unreadable`` when it is none (see UTCDateTime)."""
+    if type(value) is datetime and value.tzinfo is None:  # the common case, first
+        return value.replace(tzinfo=sched.UTC)
+    if value is None:
+        return None
+    try:
+        return _stored_utc(value)
+    except _CONVERSION_ERRORS:
+        return Unreadable(value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
 
 
 class _SQLiteDateTime(sqlite.DATETIME):

@@ -195,6 +195,10 @@ _CLAIM_ALL = insert(RUNS).from_select(
 ).returning(RUNS.c.id, RUNS.c.periodic_task_id)
 
 
+def _next_run_at(row: TaskRow) -> Any:
+    return row.next_run_at
+
+
 def _naive(moment: datetime | None) -> datetime | None:
     return None if moment is None else sched.as_utc(moment).replace(tzinfo=None)
 
@@ -403,10 +407,14 @@ class Store:
             rows = connection.execute(_WINDOW, {"until": until, "limit": limit, "beyond": _BEYOND}).all()
         due = [r for r in rows if r.probe == 0]
         unreadable = [r.id for r in rows if r.probe == 3]
-        if not all(type(r.next_run_at) is datetime for r in due):  # written with plain SQL
+        try:  # a value that is no time (plain SQL) is text: mixed with times, sorting raises
+            due.sort(key=_next_run_at)
+            readable_times = not due or type(due[0].next_run_at) is datetime
+        except TypeError:
+            readable_times = False
+        if not readable_times:
             unreadable += [r.id for r in due if type(r.next_run_at) is not datetime]
-            due = [r for r in due if type(r.next_run_at) is datetime]
-        due.sort(key=lambda r: r.next_run_at)
+            due = sorted((r for r in due if type(r.next_run_at) is datetime), key=_next_run_at)
         claims = [r.next_run_at for r in rows if r.probe == 2]
         return Window(due, any(r.probe == 1 for r in rows), claims[0] if claims else None, unreadable)
 
