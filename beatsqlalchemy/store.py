@@ -470,7 +470,7 @@ class Store:
                     if row.enabled:
                         values["b_next"] = sched.first_run(spec, now, row.last_run_at, row.start_time)
                 except ROW_ERRORS as exc:
-                    reason = str(row_error("task", row.id, exc))
+                    reason = str(row_error(TASKS.name, row.id, exc))
                     values.update(b_next=None, b_error=reason)
                     errors.append((row.name, reason))
                 params.append(values)
@@ -508,7 +508,7 @@ class Store:
                     spec = _spec_of(row, specs)
                     next_run = None if row.one_off else sched.after_run(spec, slot, now)
                 except ROW_ERRORS as exc:
-                    reason = str(row_error("task", row.id, exc))
+                    reason = str(row_error(TASKS.name, row.id, exc))
                     parked.append(({**park, "b_error": reason}, None))
                     result.errors.append((row.name, reason))
                     result.rescheduled.append((row.id, None))
@@ -723,7 +723,7 @@ def _load_specs(connection: Connection, rows: Sequence[TaskRow]) -> dict[tuple[s
             try:
                 specs[kind, schedule_row.id] = build(schedule_row)
             except ROW_ERRORS as exc:
-                specs[kind, schedule_row.id] = row_error(kind, schedule_row.id, exc)
+                specs[kind, schedule_row.id] = row_error(_SPEC_TABLES[kind][0].name, schedule_row.id, exc)
     return specs
 
 
