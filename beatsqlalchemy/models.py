@@ -705,10 +705,10 @@ class PeriodicTaskRun(Base):
 
     __tablename__ = "celery_periodic_task_run"
     __table_args__ = (
-        UniqueConstraint("periodic_task_id", "slot"),
+        # a run is logged once; its id differs from that of a deleted task whose row id was reused
+        UniqueConstraint("task_id"),
         Index(None, "state", "claimed_at"),
         Index(None, "periodic_task_name", "slot"),
-        Index(None, "task_id"),
     )
 
     id: Mapped[int] = mapped_column(

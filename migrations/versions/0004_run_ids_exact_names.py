@@ -2,7 +2,9 @@
 and a random ``run_key`` for each task row (filled for existing rows, given by the database
 to rows inserted with plain SQL). MySQL/MariaDB: every text column is utf8mb4, names compare
 exactly (binary, no-pad collation), whatever the database's defaults. The one-schedule check
-constraint gets the name the models give it (it had its prefix twice).
+constraint gets the name the models give it (it had its prefix twice). The run log is unique
+by run id instead of by task row id and slot, which a task re-created under a reused row id
+may share with the deleted one.
 
 Revision ID: 0004
 Revises: 0003
@@ -27,6 +29,12 @@ branch_labels = None
 depends_on = None
 
 TASKS = "celery_periodic_task"
+RUNS = "celery_periodic_task_run"
+#: the run log's unique key and task id index before, its unique key after
+OLD_UNIQUE, TASK_ID_INDEX, NEW_UNIQUE = (
+    "uq_celery_periodic_task_run_periodic_task_id_slot", "ix_celery_periodic_task_run_task_id",
+    "uq_celery_periodic_task_run_task_id",
+)
 KINDS = ("interval", "crontab", "solar", "clocked")
 ONE_SCHEDULE = " + ".join(
     f"(CASE WHEN {kind}_id IS NULL THEN 0 ELSE 1 END)" for kind in KINDS
@@ -84,6 +92,19 @@ def _sqlite_copy(add_key: bool) -> None:
         op.execute(statement)
 
 
+def _unique_by_run_id(by_run_id: bool) -> None:
+    """The run log unique by run id (or, going back, by task row id and slot)."""
+    with op.batch_alter_table(RUNS) as batch:  # SQLite: a copy of the table
+        if by_run_id:
+            batch.drop_constraint(op.f(OLD_UNIQUE), type_="unique")
+            batch.drop_index(op.f(TASK_ID_INDEX))
+            batch.create_unique_constraint(op.f(NEW_UNIQUE), ["task_id"])
+        else:
+            batch.drop_constraint(op.f(NEW_UNIQUE), type_="unique")
+            batch.create_index(op.f(TASK_ID_INDEX), ["task_id"])
+            batch.create_unique_constraint(op.f(OLD_UNIQUE), ["periodic_task_id", "slot"])
+
+
 def _rename_check(old: str, new: str) -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(f"ALTER TABLE {TASKS} RENAME CONSTRAINT {old} TO {new}")
@@ -123,6 +144,7 @@ def upgrade() -> None:
         op.add_column(TASKS, sa.Column("run_key", sa.String(KEY_LENGTH), nullable=False,
                                        server_default=random_key()))
         _rename_check(OLD_CHECK, NEW_CHECK)
+    _unique_by_run_id(True)
     if dialect.name in ("mysql", "mariadb"):
         _utf8mb4(dialect)
 
@@ -130,6 +152,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     # MySQL/MariaDB: the columns stay utf8mb4 with the exact collation (going back could
     # make two names that differ only in case or accents collide)
+    _unique_by_run_id(False)
     if op.get_bind().dialect.name == "sqlite":
         _sqlite_copy(add_key=False)
     else:
