@@ -129,6 +129,8 @@ def _utf8mb4(dialect: sa.engine.Dialect) -> None:
 
 def upgrade() -> None:
     dialect = op.get_bind().dialect
+    if dialect.name in ("mysql", "mariadb"):
+        _utf8mb4(dialect)  # first: the tables' new default applies to the columns added below
     deployment = op.create_table(
         DEPLOYMENT_TABLE,
         sa.Column("id", sa.String(KEY_LENGTH), nullable=False),
@@ -145,8 +147,6 @@ def upgrade() -> None:
                                        server_default=random_key()))
         _rename_check(OLD_CHECK, NEW_CHECK)
     _unique_by_run_id(True)
-    if dialect.name in ("mysql", "mariadb"):
-        _utf8mb4(dialect)
 
 
 def downgrade() -> None:
