@@ -4,10 +4,7 @@ for a given run across the beats of one deployment and their restarts."""
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,6 +15,7 @@ from run_ids import task_id_of
 from services import flushed_redis
 from sqlalchemy import Engine, create_engine, delete, event, select, text, update
 from sqlalchemy.orm import Session
+from test_broker import QUEUE, REDIS_URL, queued, tick_until
 
 from beatsqlalchemy import api, db, migrate
 from beatsqlalchemy.exceptions import DeploymentIdMissing, ValidationError
@@ -29,8 +27,6 @@ from beatsqlalchemy.store import RUNS, TASKS, Run, Store
 
 redis = pytest.importorskip("redis")
 
-REDIS_URL = os.environ.get("BEAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
-QUEUE = "beat-runs"
 HOURLY = {"every": 1, "period": "hours"}
 
 
@@ -42,41 +38,27 @@ def client() -> Iterator[Any]:
 
 
 @pytest.fixture
-def make_beat() -> Iterator[Callable[[str, str], DatabaseScheduler]]:
-    """Makes schedulers (not started) on a given database and the Redis broker."""
-    made: list[tuple[DatabaseScheduler, Celery]] = []
-
-    def make(url: str, identity: str) -> DatabaseScheduler:
-        app = Celery(identity, broker=REDIS_URL, set_as_current=False)
-        app.conf.update(beat_sqlalchemy_url=url, beat_sqlalchemy_identity=identity,
-                        beat_sqlalchemy_sync_interval=0.2, task_default_queue=QUEUE)
-        scheduler = DatabaseScheduler(app=app, lazy=True)
-        scheduler.setup_schedule()
-        made.append((scheduler, app))
-        return scheduler
-
-    yield make
-    for scheduler, app in made:
+def beats() -> Iterator[list[DatabaseScheduler]]:
+    """Schedulers made by ``beat_on``, closed at the end."""
+    made: list[DatabaseScheduler] = []
+    yield made
+    for scheduler in made:
         scheduler.close()
-        app.close()
+        scheduler.app.close()
 
 
-def queued(client: Any) -> list[str]:
-    """The task ids of the messages waiting in the queue, oldest first."""
-    return [json.loads(raw)["headers"]["id"] for raw in reversed(client.lrange(QUEUE, 0, -1))]
+def beat_on(url: str, identity: str) -> DatabaseScheduler:
+    """A scheduler (not started) of its own app, on ``url`` and the Redis broker."""
+    app = Celery(identity, broker=REDIS_URL, set_as_current=False)
+    app.conf.update(beat_sqlalchemy_url=url, beat_sqlalchemy_identity=identity, task_default_queue=QUEUE)
+    scheduler = DatabaseScheduler(app=app, lazy=True)
+    scheduler.setup_schedule()
+    return scheduler
 
 
 def logged(engine: Engine) -> list[Any]:
     with engine.connect() as connection:
         return list(connection.execute(select(RUNS).order_by(RUNS.c.id)))
-
-
-def tick_until(scheduler: DatabaseScheduler, condition: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        scheduler.tick()
-        time.sleep(0.05)
 
 
 def due_task(session: Session, name: str, slot: datetime) -> int:
@@ -94,8 +76,7 @@ def claim(store: Store, pk: int, slot: datetime) -> Run:
 # -- several deployments on one broker ----------------------------------------------------
 
 def test_two_deployments_on_one_broker_both_runs_reach_the_queue(
-    backend: str, tmp_path_factory: pytest.TempPathFactory, client: Any,
-    make_beat: Callable[[str, str], DatabaseScheduler],
+    backend: str, tmp_path_factory: pytest.TempPathFactory, client: Any, beats: list[DatabaseScheduler],
 ) -> None:
     """Two applications, each with its own schedule database, one Redis broker (with beat's
     dedup of copies): the same row id and slot in both, and both runs reach the queue."""
@@ -109,7 +90,7 @@ def test_two_deployments_on_one_broker_both_runs_reach_the_queue(
             pks.append(due_task(session, "report", slot))
     assert pks[0] == pks[1]  # the trap: the same row id in both databases
 
-    beats = [make_beat(url, f"beat-{i}") for i, url in enumerate(urls)]
+    beats += [beat_on(url, f"beat-{i}") for i, url in enumerate(urls)]
     for beat in beats:
         tick_until(beat, lambda beat=beat: [r.state for r in logged(beat.engine)] == ["sent"])
     runs = [logged(beat.engine)[0] for beat in beats]

@@ -1,5 +1,6 @@
-"""Run ids unique per deployment and per task row: a table holding the deployment's random id
-and a random ``run_key`` for each task row (filled for existing rows, given by the database
+"""Run ids unique per deployment and task row; exact names on MySQL/MariaDB.
+
+A table holding the deployment's random id and a random ``run_key`` for each task row (filled for existing rows, given by the database
 to rows inserted with plain SQL). MySQL/MariaDB: every text column is utf8mb4, names compare
 exactly (binary, no-pad collation), whatever the database's defaults. The one-schedule check
 constraint gets the name the models give it (it had its prefix twice). The run log is unique
@@ -138,7 +139,8 @@ def upgrade() -> None:
         mysql_charset="utf8mb4",
     )
     assert deployment is not None
-    op.execute(deployment.insert().values(id=random_key()))  # a new one for each database
+    # a new one for each database, made by the database (an offline script too)
+    op.execute(deployment.insert().from_select(["id"], sa.select(random_key())))
     if dialect.name == "sqlite":
         _sqlite_copy(add_key=True)  # existing rows get a key each from the copy
     else:
