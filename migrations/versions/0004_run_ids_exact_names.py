@@ -1,11 +1,12 @@
 """Run ids unique per deployment and task row; exact names on MySQL/MariaDB.
 
-A table holding the deployment's random id and a random ``run_key`` for each task row (filled for existing rows, given by the database
-to rows inserted with plain SQL). MySQL/MariaDB: every text column is utf8mb4, names compare
-exactly (binary, no-pad collation), whatever the database's defaults. The one-schedule check
-constraint gets the name the models give it (it had its prefix twice). The run log is unique
-by run id instead of by task row id and slot, which a task re-created under a reused row id
-may share with the deleted one.
+A table holding the deployment's random id and a random ``run_key`` for each task row
+(filled for existing rows, given by the database to rows inserted with plain SQL).
+MySQL/MariaDB: every text column is utf8mb4, names compare exactly (binary, no-pad
+collation), whatever the database's defaults. The one-schedule check constraint gets the
+name the models give it (it had its prefix twice). The run log is unique by run id instead
+of by task row id and slot, which a task re-created under a reused row id may share with
+the deleted one.
 
 Revision ID: 0004
 Revises: 0003
