@@ -408,16 +408,17 @@ def run_now(
     session: Session, app: Celery, name: str, sent_by: str | None = None, now: datetime | None = None,
 ) -> PeriodicTaskRun:
     """Send one run of the task ``name`` now, through ``app``'s broker, whether the task is
-    enabled or not. The run gets a task id of its own (derived from the task and the
-    moment, like beat's), is recorded in the run log as sent by ``sent_by``, and counts in
+    enabled or not. The run gets a task id of its own (derived from the deployment, the
+    task row and the moment, like beat's), is recorded in the run log as sent by ``sent_by``, and counts in
     ``total_run_count`` and ``last_run_at``; ``next_run_at`` does not move. Raises
     TaskNotFound, ValidationError for a row that cannot be sent, and the broker's error
     when the message cannot be published (nothing is recorded then)."""
-    from .store import run_task_id
+    from .runids import deployment_id, run_task_id
 
     now = sched.as_utc(now or sched.utcnow())
     task = get_task(session, name)
-    pk, task_name = task.id, task.task
+    pk, task_name, run_key = task.id, task.task, task.run_key
+    deployment = deployment_id(session.connection())
     args = list(as_json("args", [] if task.args is None else task.args, list))
     kwargs = dict(as_json("kwargs", {} if task.kwargs is None else task.kwargs, dict))
     options = send_options(task)
@@ -425,7 +426,7 @@ def run_now(
         _end_read(session)
         raise ValidationError("expires", task.expires.isoformat(), "the task has expired")
     _end_read(session)  # publish outside any transaction
-    task_id = run_task_id(pk, now)
+    task_id = run_task_id(deployment, pk, run_key, now)
     registered = app.tasks.get(task_name)
     if registered is not None:
         registered.apply_async(args, kwargs, task_id=task_id, **options)

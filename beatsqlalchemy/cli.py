@@ -333,11 +333,10 @@ def upgrade(obj: Context, revision: str) -> None:
       beatsqlalchemy --url postgresql+psycopg://beat@db/celery upgrade
     """
     from . import migrate
-    from .db import redact
 
     engine = obj.engine()
     migrate.upgrade(engine, revision)
-    click.echo(f"{redact(str(engine.url))} is at revision {migrate.current_revision(engine)}")
+    click.echo(_schema_state(engine))
 
 
 @command()
@@ -351,11 +350,20 @@ def downgrade(obj: Context, revision: str) -> None:
       beatsqlalchemy --url postgresql+psycopg://beat@db/celery downgrade base
     """
     from . import migrate
-    from .db import redact
 
     engine = obj.engine()
     migrate.downgrade(engine, revision)
-    click.echo(f"{redact(str(engine.url))} is at revision {migrate.current_revision(engine)}")
+    click.echo(_schema_state(engine))
+
+
+def _schema_state(engine: Engine) -> str:
+    """Which revision the database is at, or that it holds none of our tables."""
+    from . import migrate
+    from .db import redact
+
+    current = migrate.current_revision(engine)
+    state = f"is at revision {current}" if current else "has no beatsqlalchemy tables (empty)"
+    return f"{redact(str(engine.url))} {state}"
 
 
 @command()

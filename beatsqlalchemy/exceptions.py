@@ -66,3 +66,18 @@ class SchemaNotReady(BeatSQLAlchemyError, RuntimeError):
             f"database {url} {state}; run `beatsqlalchemy --url '{url}' upgrade` "
             "(or `alembic upgrade head` from a source checkout) first"
         )
+
+
+class DeploymentIdMissing(SchemaNotReady):
+    """The table naming the deployment (part of every run id) does not hold exactly one id."""
+
+    def __init__(self, table: str, found: int) -> None:
+        self.current = None
+        self.head = ""
+        held = "none" if found == 0 else "several" if found > 1 else "an empty one"
+        BeatSQLAlchemyError.__init__(
+            self,
+            f"{table} must hold exactly one deployment id (it holds {held}); the migrations "
+            f"create it. Put one back, a new random one unless this database replaces another "
+            f"one's: INSERT INTO {table} (id) VALUES ('<32 random hex digits>')",
+        )

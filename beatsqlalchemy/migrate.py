@@ -15,6 +15,7 @@ from sqlalchemy import Engine, column, inspect, select, table
 
 from .db import begin_write, redact
 from .exceptions import SchemaNotReady
+from .runids import deployment_id, forget
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 VERSION_TABLE = "beatsqlalchemy_version"
 _VERSIONS = table(VERSION_TABLE, column("version_num"))
 #: the newest migration in ``migrations/versions`` (a test holds it to the scripts' head)
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 #: engines whose schema was found current (weak: a freed engine's id may be reused)
 _checked: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -79,11 +80,13 @@ def _run(engine: Engine, verb: str, revision: str) -> None:
         getattr(command, verb)(config, revision)
     with _lock:
         _checked.discard(engine)
+    forget(engine)
 
 
 def ensure_schema(engine: Engine, create: bool | None = None) -> None:
     """Check the schema is current; create or upgrade it when ``create`` is true, or
-    when it is None and the database is SQLite. Otherwise raise SchemaNotReady."""
+    when it is None and the database is SQLite. Otherwise raise SchemaNotReady. The
+    deployment id (part of every run id) is read here, once per engine."""
     with _lock:
         if engine in _checked:
             return
@@ -95,5 +98,7 @@ def ensure_schema(engine: Engine, create: bool | None = None) -> None:
         if not create:
             raise SchemaNotReady(redact(engine.url.render_as_string(hide_password=False)), current, head)
         upgrade(engine)
+    with engine.connect() as connection:
+        deployment_id(connection)
     with _lock:
         _checked.add(engine)

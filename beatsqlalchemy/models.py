@@ -47,6 +47,7 @@ from sqlalchemy.types import TypeDecorator
 from . import schedules as sched
 from .db import prepare_write
 from .exceptions import ValidationError
+from .runids import DEPLOYMENT_TABLE, KEY_LENGTH, new_key, random_key
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -189,6 +190,37 @@ def readable(field: str, value: Any) -> Any:
     if type(value) is Unreadable:
         raise ValidationError(field, str(value), UNREADABLE)
     return value
+
+
+def exact_collation(dialect: Dialect) -> str:
+    """The utf8mb4 collation of MySQL/MariaDB that compares as PostgreSQL and SQLite do:
+    binary (case and accents count) and without padding (trailing spaces count)."""
+    if getattr(dialect, "is_mariadb", False):
+        return "utf8mb4_nopad_bin"  # MariaDB 10.2+
+    if (dialect.server_version_info or (0,)) >= (8, 0, 17):
+        return "utf8mb4_0900_bin"
+    return "utf8mb4_bin"  # older MySQL: the only binary one, which ignores trailing spaces
+
+
+class ExactString(TypeDecorator[str]):
+    """A name compared exactly on every database (a task's name, its Celery task, its
+    routing): on MySQL/MariaDB a utf8mb4 column with the ``exact_collation``, instead of
+    the database's default (case-, accent- and trailing-space-insensitive, maybe latin1)."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.length = length
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        length = self.length
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(
+                mysql.VARCHAR(length, charset="utf8mb4", collation=exact_collation(dialect))
+            )
+        return dialect.type_descriptor(String(length))
 
 
 class Base(DeclarativeBase):
@@ -580,17 +612,17 @@ class PeriodicTask(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True)
-    task: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    name: Mapped[str] = mapped_column(ExactString(NAME_LENGTH), unique=True)
+    task: Mapped[str] = mapped_column(ExactString(NAME_LENGTH))
     interval_id: Mapped[int | None] = mapped_column(ForeignKey(IntervalSchedule.id), index=True)
     crontab_id: Mapped[int | None] = mapped_column(ForeignKey(CrontabSchedule.id), index=True)
     solar_id: Mapped[int | None] = mapped_column(ForeignKey(SolarSchedule.id), index=True)
     clocked_id: Mapped[int | None] = mapped_column(ForeignKey(ClockedSchedule.id), index=True)
     args: Mapped[list[Any]] = mapped_column(StoredJSON, default=list)
     kwargs: Mapped[dict[str, Any]] = mapped_column(StoredJSON, default=dict)
-    queue: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
-    exchange: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
-    routing_key: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    queue: Mapped[str | None] = mapped_column(ExactString(NAME_LENGTH))
+    exchange: Mapped[str | None] = mapped_column(ExactString(NAME_LENGTH))
+    routing_key: Mapped[str | None] = mapped_column(ExactString(NAME_LENGTH))
     headers: Mapped[dict[str, Any]] = mapped_column(StoredJSON, default=dict)
     priority: Mapped[int | None] = mapped_column(Integer)
     expires: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -617,6 +649,9 @@ class PeriodicTask(Base):
     #: None follows the configuration (catch up, except crontabs past Celery's
     #: ``beat_cron_starting_deadline``)
     misfire_policy: Mapped[str | None] = mapped_column(String(16))
+    #: a random key of this row, part of its run ids (see ``beatsqlalchemy.runids``): a task
+    #: re-created under a reused row id never gets the ids of the one deleted
+    run_key: Mapped[str] = mapped_column(String(KEY_LENGTH), default=new_key, server_default=random_key())
 
     interval: Mapped[IntervalSchedule | None] = relationship(lazy="joined")
     crontab: Mapped[CrontabSchedule | None] = relationship(lazy="joined")
@@ -793,19 +828,19 @@ class PeriodicTaskRun(Base):
 
     __tablename__ = "celery_periodic_task_run"
     __table_args__ = (
-        UniqueConstraint("periodic_task_id", "slot"),
+        # a run is logged once; its id differs from that of a deleted task whose row id was reused
+        UniqueConstraint("task_id"),
         Index(None, "state", "claimed_at"),
         Index(None, "periodic_task_name", "slot"),
-        Index(None, "task_id"),
     )
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
     periodic_task_id: Mapped[int] = mapped_column(Integer)
-    periodic_task_name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    periodic_task_name: Mapped[str] = mapped_column(ExactString(NAME_LENGTH))
     slot: Mapped[datetime] = mapped_column(UTCDateTime())
-    task_id: Mapped[str] = mapped_column(String(36))
+    task_id: Mapped[str] = mapped_column(ExactString(36))
     state: Mapped[str] = mapped_column(String(16))
     sent_by: Mapped[str] = mapped_column(String(255))
     claim_token: Mapped[str] = mapped_column(String(32))
@@ -814,6 +849,22 @@ class PeriodicTaskRun(Base):
     #: when a worker started the run, and which (``beatsqlalchemy.worker.RunOnceTask``)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     started_by: Mapped[str | None] = mapped_column(String(255))
+
+
+class Deployment(Base):
+    """The one row naming this schedule database: its random id, created with the database,
+    is part of every run id, so that deployments sharing a broker never share a run id."""
+
+    __tablename__ = DEPLOYMENT_TABLE
+
+    id: Mapped[str] = mapped_column(String(KEY_LENGTH), primary_key=True)
+
+
+# MySQL/MariaDB: the tables hold any Unicode text (emoji included) whatever the database's
+# default character set; ExactString columns also compare exactly
+for _table in Base.metadata.tables.values():
+    for _dialect in ("mysql", "mariadb"):
+        _table.dialect_options[_dialect]["charset"] = "utf8mb4"
 
 
 # -- setting fields from any accepted form ------------------------------------------
@@ -838,7 +889,7 @@ def apply_fields(session: Session, task: PeriodicTask, values: dict[str, Any]) -
     if given == ["clocked"] and "one_off" not in values:
         values["one_off"] = True
     for key, value in values.items():
-        if key not in PeriodicTask.__mapper__.columns or key in ("id", "needs_recompute"):
+        if key not in PeriodicTask.__mapper__.columns or key in ("id", "needs_recompute", "run_key"):
             raise ValidationError(key, value, "not a field of a periodic task")
         setattr(task, key, value)
 

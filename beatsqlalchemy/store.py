@@ -55,6 +55,7 @@ from .models import (
     readable,
     row_error,
 )
+from .runids import deployment_id, run_task_id
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ _C = TASKS.c
 _SEND_COLUMNS = (
     _C.id, _C.name, _C.task, _C.enabled, _C.one_off, _C.next_run_at, _C.last_run_at,
     _C.start_time, _C.expires, _C.expire_seconds, _C.queue, _C.exchange, _C.routing_key,
-    _C.priority, _C.interval_id, _C.crontab_id, _C.solar_id, _C.clocked_id, _C.misfire_policy,
+    _C.priority, _C.interval_id, _C.crontab_id, _C.solar_id, _C.clocked_id, _C.misfire_policy, _C.run_key,
     cast(_C.args, Text).label("args"), cast(_C.kwargs, Text).label("kwargs"),
     cast(_C.headers, Text).label("headers"), cast(_C.extra_options, Text).label("extra_options"),
 )
@@ -117,7 +118,6 @@ BEAT_HEADER = "celery_beat_task"
 _WINDOW = _window_statement()
 #: the latest time a ``next_run_at`` can hold and beat read
 _BEYOND = datetime.max
-TASK_ID_NAMESPACE = uuid.UUID("6f2b8f52-3c4e-5b7a-9d1e-2a7c0e5b4f10")
 
 
 #: one more run counted, unless the INTEGER column is full (a plain-SQL value): a run
@@ -301,11 +301,6 @@ def _insert_runs(
         run.run_id = connection.execute(_INSERT_RUN, values).inserted_primary_key[0]  # type: ignore[index]
 
 
-def run_task_id(task_pk: int, slot: datetime) -> str:
-    """The Celery task id of a run: the same wherever and however often it is sent."""
-    return str(uuid.uuid5(TASK_ID_NAMESPACE, f"{task_pk}@{sched.as_utc(slot).isoformat()}"))
-
-
 @dataclass(slots=True)
 class Run:
     """A claimed run, ready to publish."""
@@ -396,6 +391,8 @@ class Store:
         self._lock_rows = engine.dialect.name != "sqlite"  # SQLite: BEGIN IMMEDIATE instead
         self._dialect = engine.dialect.name
         self._sql = _Statements(self._dialect, self._lock_rows)
+        #: the deployment id, part of every run id: read at the first claim
+        self._deployment: str | None = None
 
     # -- reading --------------------------------------------------------------
 
@@ -496,6 +493,7 @@ class Store:
             if not rows:
                 return result
             specs = _load_specs(connection, rows)
+            deployment = self._deployment or self._read_deployment(connection)
             advanced: list[dict[str, Any]] = []
             parked: list[tuple[dict[str, Any], Run | None]] = []  # Run: a skipped run to log
             pending: list[Run] = []
@@ -521,8 +519,8 @@ class Store:
                 enabled = not row.one_off and next_run is not None
                 run = Run(
                     run_id=0, task_pk=row.id, name=row.name, task=row.task, slot=slot,
-                    task_id=run_task_id(row.id, slot), args=args, kwargs=kwargs, options=options,
-                    next_run_at=next_run,
+                    task_id=run_task_id(deployment, row.id, row.run_key, slot), args=args, kwargs=kwargs,
+                    options=options, next_run_at=next_run,
                 )
                 grace = self._grace(row.misfire_policy, spec)
                 if grace is not None and not sched.on_time(spec, slot, now, grace):
@@ -536,6 +534,10 @@ class Store:
                     self._log_skipped(connection, skipped, token, now)
             result.runs = _claim_all(connection, pending, advanced, self.identity, token, now)
         return result
+
+    def _read_deployment(self, connection: Connection) -> str:
+        self._deployment = deployment_id(connection)
+        return self._deployment
 
     def _grace(self, policy: str | None, spec: sched.Spec) -> float | None:
         """How late a run of this task may be and still be sent (None: any lateness)."""

@@ -160,8 +160,9 @@ def task_chunks(n: int, interval_ids: list[int], crontab_ids: list[int],
 
 
 def copy_rows(engine: Engine, table: Any, chunks: Iterator[list[dict[str, Any]]]) -> None:
-    """PostgreSQL: load the rows with COPY ... FROM STDIN (psycopg 3), one transaction."""
-    columns = [c.name for c in table.columns if c.name != "id"]
+    """PostgreSQL: load the rows with COPY ... FROM STDIN (psycopg 3), one transaction; the
+    columns with a server default (the row's run key, ...) are left to the database."""
+    columns = [c.name for c in table.columns if c.name != "id" and c.server_default is None]
     json_columns = {c.name for c in table.columns
                     if isinstance(getattr(c.type, "impl_instance", c.type), JSON)}
     raw = engine.raw_connection()

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from beatsqlalchemy import db, migrate
 from beatsqlalchemy.models import Base
+from beatsqlalchemy.runids import DEPLOYMENT_TABLE
 
 SERVER_URLS = {
     "postgresql": os.environ.get("BEAT_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
@@ -140,10 +141,11 @@ def app(db_url: str) -> Iterator[Celery]:
 
 
 def clear_tables(engine: Engine) -> None:
-    """Delete every row of our tables, children first."""
+    """Delete every row of our tables, children first (the deployment id stays)."""
     with engine.begin() as connection:
         for table in reversed(Base.metadata.sorted_tables):
-            connection.execute(delete(table))
+            if table.name != DEPLOYMENT_TABLE:
+                connection.execute(delete(table))
 
 
 def assert_no_leaks(engine: Engine) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from celery import Celery
 from kombu.simple import SimpleQueue
+from run_ids import task_id_of
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
@@ -21,7 +22,6 @@ from beatsqlalchemy import schedules as sched
 from beatsqlalchemy.exceptions import TaskNotFound, ValidationError
 from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
 from beatsqlalchemy.schedulers import DatabaseScheduler
-from beatsqlalchemy.store import run_task_id
 
 UTC = timezone.utc
 
@@ -317,7 +317,7 @@ def test_run_now_sends_records_and_counts_without_moving_next_run(
     assert len(logged) == 1
     row = logged[0]
     assert (row.state, row.sent_by, row.task_id) == ("sent", "tester", run.task_id)
-    assert row.task_id == run_task_id(before.id, row.slot), "deterministic: the task and the moment"
+    assert row.task_id == task_id_of(engine, before.id, row.slot), "deterministic: the task and the moment"
     assert row.sent_at is not None and row.claimed_at == row.slot
     after = stored(engine, "report")
     assert after is not None

@@ -17,15 +17,17 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from run_ids import task_id_of
 from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from beatsqlalchemy import api, db
 from beatsqlalchemy.models import PeriodicTask
+from beatsqlalchemy.runids import run_task_id
 from beatsqlalchemy.schedulers import DatabaseScheduler
 from beatsqlalchemy.schedules import utcnow
-from beatsqlalchemy.store import RUNS, Run, Store, Takeover, run_task_id
+from beatsqlalchemy.store import RUNS, Run, Store, Takeover
 
 HOURLY = {"every": 1, "period": "hours"}
 HALF_SECOND = timedelta(milliseconds=500)
@@ -73,13 +75,18 @@ def claim_due(store: Store, now: datetime) -> list[Run]:
     return store.claim([(r.id, r.next_run_at) for r in store.window(now, 1000).due], now).runs
 
 
+def logged_id(task_pk: int, slot: datetime) -> str:
+    """The task id ``log_run`` gives a run (a take-over publishes the stored one)."""
+    return run_task_id("test-deployment", task_pk, "test-key", slot)
+
+
 def log_run(engine: Engine, task_pk: int, name: str, slot: datetime, claimed_at: datetime,
             state: str = "sent", sent_by: str = "beat-a") -> None:
     """A run-log row as a beat writes it."""
     with engine.begin() as connection:
         connection.execute(insert(RUNS).values(
             periodic_task_id=task_pk, periodic_task_name=name, slot=slot,
-            task_id=run_task_id(task_pk, slot), state=state, sent_by=sent_by,
+            task_id=logged_id(task_pk, slot), state=state, sent_by=sent_by,
             claim_token=uuid.uuid4().hex, claimed_at=claimed_at,
             sent_at=claimed_at if state == "sent" else None,
         ))
@@ -183,7 +190,7 @@ def test_claim_logs_each_run_with_token_identity_and_task_id(engine: Engine, ses
         row = rows[run.run_id]
         assert (row.state, row.sent_by, row.claim_token) == ("claimed", "beat-a", result.token)
         assert (row.periodic_task_id, row.slot, row.claimed_at) == (run.task_pk, slot, now)
-        assert row.task_id == run.task_id == run_task_id(run.task_pk, slot)
+        assert row.task_id == run.task_id == task_id_of(engine, run.task_pk, slot)
     assert result.runs[0].task_id != result.runs[1].task_id
 
     # the next slot of the same tasks, claimed by another beat: another token and task ids
@@ -197,7 +204,7 @@ def test_claim_logs_each_run_with_token_identity_and_task_id(engine: Engine, ses
         assert (row.slot, row.sent_by, row.claim_token) == (
             slot + timedelta(hours=1), "beat-b", next_result.token,
         )
-        assert row.task_id == run.task_id == run_task_id(run.task_pk, row.slot)
+        assert row.task_id == run.task_id == task_id_of(engine, run.task_pk, row.slot)
         assert row.task_id not in {r.task_id for r in result.runs}
     assert len(rows) == 4
 
@@ -270,7 +277,7 @@ def test_a_run_starts_once_on_the_workers(engine: Engine, session: Session) -> N
 
     assert a.start(started, "worker-1", now) is True
     assert a.start(started, "worker-2", now + timedelta(seconds=1)) is False
-    assert a.start(run_task_id(10**6, now), "worker-1", now) is True  # not a run beat logged
+    assert a.start(logged_id(10**6, now), "worker-1", now) is True  # not a run beat logged
     row = next(r for r in logged(engine) if r.task_id == started)
     assert (row.started_by, row.started_at, row.state) == ("worker-1", now, "claimed")
 
@@ -348,7 +355,7 @@ def test_concurrent_take_overs_take_each_stale_claim_once(engine: Engine, sessio
         row = rows[takeover.run.run_id]
         assert (row.sent_by, row.claim_token, row.state) == (identity, token, "claimed")
         assert takeover.previous_claimer == "beat-dead"
-        assert takeover.run.task_id == row.task_id == run_task_id(row.periodic_task_id, row.slot)
+        assert takeover.run.task_id == row.task_id == task_id_of(engine, row.periodic_task_id, row.slot)
 
 
 # -- confirm, mark_sent ----------------------------------------------------------------------
@@ -503,7 +510,7 @@ def test_refused_run_is_published_again_with_the_same_task_id(
     [again] = other.sent
     assert len(a.refused) == 1  # not retried before the claim went stale
     assert (again.task_id, again.slot, again.name) == (refused.task_id, slot, "nightly")
-    assert again.task_id == run_task_id(again.task_pk, slot)
+    assert again.task_id == task_id_of(engine, again.task_pk, slot)
     [row] = logged(engine)
     assert (row.state, row.sent_by, row.task_id) == ("sent", other.config.identity, refused.task_id)
     assert row.sent_at is not None
@@ -662,7 +669,7 @@ def test_api_runs_filters_newest_first(engine: Engine, session: Session) -> None
     assert slots(name="nobody") == []
     [latest] = api.runs(session, name="a", limit=1)
     assert (latest.task_id, latest.sent_by, latest.sent_at) == (
-        run_task_id(1, base + timedelta(minutes=3)), "beat-1", None,
+        logged_id(1, base + timedelta(minutes=3)), "beat-1", None,
     )
 
 

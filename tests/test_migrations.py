@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Engine, Integer, MetaData, create_engine, inspect, text
+from sqlalchemy import CheckConstraint, Column, Engine, Integer, MetaData, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -27,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 #: the alembic command of the environment running the tests
 ALEMBIC = str(Path(sys.executable).with_name("alembic"))
 OUR_TABLES = {
+    "beatsqlalchemy_deployment",
     "celery_periodic_task",
     "celery_interval_schedule",
     "celery_crontab_schedule",
@@ -85,9 +87,7 @@ def assert_migrated(engine: Engine) -> None:
 
 def assert_removed(engine: Engine) -> None:
     names = tables(engine)
-    # Alembic leaves its (now empty) version table behind on `downgrade base`.
-    assert names <= {migrate.VERSION_TABLE}, f"left behind: {names}"
-    assert "alembic_version" not in names
+    assert names == set(), f"left behind: {names}"  # the version table too
     assert triggers(engine) == set()
     assert migrate.current_revision(engine) is None
 
@@ -97,20 +97,27 @@ def assert_removed(engine: Engine) -> None:
 def test_alembic_command_upgrade_and_downgrade(empty_db_url: str, plain_engine: Engine) -> None:
     """``alembic upgrade head`` / ``downgrade base`` from a source checkout."""
     assert tables(plain_engine) == set()
-    alembic(empty_db_url, "upgrade", "head")
+    upgraded = alembic(empty_db_url, "upgrade", "head")
     assert_migrated(plain_engine)
+    # alembic.ini's logging: each migration is named as it runs
+    assert f"Running upgrade 0003 -> {migrate.head_revision()}" in upgraded.stderr, upgraded.stderr
     current = alembic(empty_db_url, "current")
     assert migrate.head_revision() in current.stdout
-    alembic(empty_db_url, "downgrade", "base")
+    downgraded = alembic(empty_db_url, "downgrade", "base")
+    assert "Running downgrade 0001 -> , " in downgraded.stderr, downgraded.stderr
     assert_removed(plain_engine)
     alembic(empty_db_url, "upgrade", "head")  # and back again
     assert_migrated(plain_engine)
 
 
 def test_packaged_upgrade_and_downgrade(plain_engine: Engine) -> None:
-    """The same migrations through ``beatsqlalchemy.migrate`` (what the CLI and beat use)."""
+    """The same migrations through ``beatsqlalchemy.migrate`` (what the CLI and beat use),
+    which leave the host application's logging as it was."""
     assert migrate.current_revision(plain_engine) is None
+    root, alembic_logger = logging.getLogger(), logging.getLogger("alembic")
+    before = (list(root.handlers), root.level, alembic_logger.level, list(alembic_logger.handlers))
     migrate.upgrade(plain_engine)
+    assert (list(root.handlers), root.level, alembic_logger.level, list(alembic_logger.handlers)) == before
     assert_migrated(plain_engine)
     migrate.upgrade(plain_engine)  # a no-op at head
     assert_migrated(plain_engine)
@@ -357,3 +364,80 @@ def test_a_beat_on_a_current_schema_never_imports_alembic(tmp_path: Path) -> Non
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# -- revision 0004: constraint names, run keys, the deployment id -------------------------
+
+def check_constraints(engine: Engine) -> dict[str, set[str]]:
+    """The names of the check constraints we made, table by table (MariaDB's own checks of
+    JSON columns aside)."""
+    inspector = inspect(engine)
+    return {name: {str(c["name"]) for c in inspector.get_check_constraints(name)
+                   if str(c["name"]).startswith("ck_")}
+            for name in OUR_TABLES & set(inspector.get_table_names())}
+
+
+def model_check_constraints() -> dict[str, set[str]]:
+    return {name: {str(c.name) for c in Base.metadata.tables[name].constraints
+                   if isinstance(c, CheckConstraint)} for name in OUR_TABLES}
+
+
+def deployment_ids(engine: Engine) -> list[str]:
+    with engine.connect() as connection:
+        return list(connection.execute(text("SELECT id FROM beatsqlalchemy_deployment")).scalars())
+
+
+def test_constraint_names_match_the_models(plain_engine: Engine) -> None:
+    """Every check constraint has the name the models give it (revision 0001 gave the
+    one-schedule check its prefix twice; 0004 renames it, on SQLite by copying the table)."""
+    assert model_check_constraints()["celery_periodic_task"] == {"ck_celery_periodic_task_one_schedule"}
+    migrate.upgrade(plain_engine, "0003")
+    assert check_constraints(plain_engine)["celery_periodic_task"] == {
+        "ck_celery_periodic_task_ck_celery_periodic_task_one_schedule"}
+    migrate.upgrade(plain_engine)
+    assert check_constraints(plain_engine) == model_check_constraints()
+    migrate.downgrade(plain_engine, "0003")  # and back: 0003's schema, its name included
+    assert check_constraints(plain_engine)["celery_periodic_task"] == {
+        "ck_celery_periodic_task_ck_celery_periodic_task_one_schedule"}
+    assert "run_key" not in {c["name"] for c in inspect(plain_engine).get_columns("celery_periodic_task")}
+    assert migrate.VERSION_TABLE in tables(plain_engine)
+    assert "beatsqlalchemy_deployment" not in tables(plain_engine)
+    migrate.upgrade(plain_engine)
+    assert check_constraints(plain_engine) == model_check_constraints()
+
+
+def test_upgrade_from_0003_keeps_rows_and_gives_each_a_run_key(plain_engine: Engine) -> None:
+    """An existing schema: names intact, a distinct run key for every existing row, one
+    new random deployment id, triggers still at work; and the check still holds."""
+    migrate.upgrade(plain_engine, "0003")
+    every = interval_id(plain_engine, 10)
+    names = ["nightly", "report", "weekly-\N{ROCKET}"]  # distinct in any collation
+    for name in names:
+        insert_task(plain_engine, name, every, next_run_at="2030-01-01 00:00:00")
+    migrate.upgrade(plain_engine)
+    assert_migrated(plain_engine)
+    with plain_engine.connect() as connection:
+        rows = connection.execute(text("SELECT name, run_key FROM celery_periodic_task")).all()
+    assert sorted(r[0] for r in rows) == sorted(names)
+    keys = [r[1] for r in rows]
+    assert len(set(keys)) == len(names) and all(len(k) == 32 and int(k, 16) >= 0 for k in keys), keys
+    [first] = deployment_ids(plain_engine)
+    assert len(first) == 32 and int(first, 16) >= 0
+
+    insert_task(plain_engine, "plain-sql", every)  # the triggers survived the table copy
+    assert flags(plain_engine, "plain-sql") == (True, None)
+    insert_task(plain_engine, "Nightly", every)  # names now compare exactly everywhere
+    insert_task(plain_engine, "report ", every)
+    with pytest.raises(DBAPIError):  # and the check constraint holds: no schedule at all
+        execute(plain_engine, "UPDATE celery_periodic_task SET interval_id = NULL WHERE name = 'report'")
+
+    migrate.downgrade(plain_engine, "0003")
+    migrate.upgrade(plain_engine)
+    [second] = deployment_ids(plain_engine)
+    assert second != first  # created anew, at random
+
+
+def test_downgrade_base_on_an_empty_database_leaves_nothing(plain_engine: Engine) -> None:
+    """Alembic creates its version table before finding nothing to do: it goes too."""
+    migrate.downgrade(plain_engine, "base")
+    assert tables(plain_engine) == set()

@@ -8,13 +8,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from run_ids import task_id_of
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
 from beatsqlalchemy.schedules import utcnow
-from beatsqlalchemy.store import RUNS, TASKS, ClaimResult, Store, run_task_id
+from beatsqlalchemy.store import RUNS, TASKS, ClaimResult, Store
 
 EVERY_10S = {"every": 10, "period": "seconds"}
 
@@ -95,7 +96,7 @@ def test_claim_advances_the_row_and_logs_the_run(engine: Engine, session: Sessio
     assert (run.task_pk, run.name, run.task, run.slot) == (pk, "tick", "tasks.tick", slot)
     assert (run.args, run.kwargs) == ([1, 2], {"k": "v"})
     assert run.next_run_at == slot + timedelta(seconds=10)
-    assert run.task_id == run_task_id(pk, slot)
+    assert run.task_id == task_id_of(engine, pk, slot)
 
     stored = row(engine, "tick")
     assert stored.next_run_at == slot + timedelta(seconds=10)
@@ -111,9 +112,8 @@ def test_claim_advances_the_row_and_logs_the_run(engine: Engine, session: Sessio
     assert logged.claimed_at == now and logged.sent_at is None
 
     # the same (task, slot) always gets the same Celery task id; another slot another one
-    assert run_task_id(pk, slot.astimezone(timezone(timedelta(hours=5)))) == run.task_id
-    assert run_task_id(pk, slot + timedelta(seconds=10)) != run.task_id
-    assert run_task_id(pk + 1, slot) != run.task_id
+    assert task_id_of(engine, pk, slot.astimezone(timezone(timedelta(hours=5)))) == run.task_id
+    assert task_id_of(engine, pk, slot + timedelta(seconds=10)) != run.task_id
 
     # a claim with the stale next_run_at (another beat got there first) claims nothing
     again = store.claim([(pk, slot)], now + timedelta(seconds=1))
@@ -136,7 +136,7 @@ def test_a_batch_claim_is_conditional_row_by_row(engine: Engine, session: Sessio
               for pk in pks]
     params[2]["b_slot"] = slot - timedelta(seconds=30)  # what a beat saw before the row moved
     runs_in = [Run(run_id=0, task_pk=pk, name=f"batch-{i}", task="t", slot=p["b_slot"],
-                   task_id=run_task_id(pk, p["b_slot"]), args=[], kwargs={}, options={},
+                   task_id=task_id_of(engine, pk, p["b_slot"]), args=[], kwargs={}, options={},
                    next_run_at=p["b_next"]) for i, (pk, p) in enumerate(zip(pks, params, strict=True))]
     with begin_write(engine) as connection:
         claimed = _claim_all(connection, runs_in, params, "beat-a", "token", now)
@@ -163,7 +163,7 @@ def test_a_large_claim_logs_every_run_with_its_own_id(engine: Engine, session: S
     assert len(logged) == 120
     for run in result.runs:  # each run carries the id of its own run-log row
         assert logged[run.run_id].periodic_task_id == run.task_pk
-        assert logged[run.run_id].task_id == run.task_id == run_task_id(run.task_pk, slot)
+        assert logged[run.run_id].task_id == run.task_id == task_id_of(engine, run.task_pk, slot)
 
 
 def test_claim_skips_disabled_and_unknown_tasks(engine: Engine, session: Session) -> None:
@@ -451,7 +451,7 @@ def test_skip_policy_drops_a_run_missed_past_the_grace(engine: Engine, session: 
     assert (stored.total_run_count, stored.last_run_at) == (0, None)
     [skipped] = [r for r in runs(engine) if r.periodic_task_id == skip]
     assert (skipped.state, skipped.slot, skipped.sent_by) == ("skipped", slot, "beat-a")
-    assert skipped.task_id == run_task_id(skip, slot)
+    assert skipped.task_id == task_id_of(engine, skip, slot)
     # a skipped run is history, never a claim to publish again
     taken = store.take_over(now + timedelta(hours=1), now + timedelta(minutes=30), 100)[1]
     assert sorted(t.run.task_pk for t in taken) == sorted([fresh, default])  # never marked sent

@@ -445,12 +445,13 @@ def test_a_password_in_the_url_query_string_is_masked_too(key: str) -> None:
 def pg_grants(database: str, role: str, version_table: bool = True) -> list[str]:
     """What an administrator runs so that ``role`` can run beat on ``database``, whose
     schema the owner created (``beatsqlalchemy upgrade``): read and write our six tables
-    and their sequences, read the schema version; nothing else."""
+    and their sequences, read the deployment id and the schema version; nothing else."""
     grants = [
         f"GRANT CONNECT ON DATABASE {database} TO {role}",
         f"GRANT USAGE ON SCHEMA public TO {role}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(TABLES)} TO {role}",
         f"GRANT USAGE ON SEQUENCE {', '.join(f'{t}_id_seq' for t in TABLES)} TO {role}",
+        f"GRANT SELECT ON beatsqlalchemy_deployment TO {role}",
     ]
     if version_table:
         grants.append(f"GRANT SELECT ON beatsqlalchemy_version TO {role}")
@@ -577,7 +578,8 @@ def test_without_select_on_the_version_table_beat_says_which_grant_is_missing(
 def mariadb_grants(database: str, user: str) -> list[str]:
     """The MariaDB/MySQL equivalent of ``pg_grants`` (no sequences there)."""
     return [f"GRANT SELECT, INSERT, UPDATE, DELETE ON {database}.{t} TO {user}" for t in TABLES] + [
-        f"GRANT SELECT ON {database}.beatsqlalchemy_version TO {user}"]
+        f"GRANT SELECT ON {database}.{t} TO {user}"
+        for t in ("beatsqlalchemy_version", "beatsqlalchemy_deployment")]
 
 
 @pytest.mark.e2e
