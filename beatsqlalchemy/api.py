@@ -8,14 +8,13 @@ import math
 import os
 import socket
 import uuid
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery
 from sqlalchemy import Engine, delete, func, select, update
-from sqlalchemy.exc import IntegrityError, SAWarning
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -517,9 +516,7 @@ def import_tasks(session: Session, entries: Any) -> tuple[int, int]:
     _end_read(session)
     prepare_write(session)
     try:
-        with warnings.catch_warnings():  # each update_or_create asks again for a write transaction
-            warnings.filterwarnings("ignore", "Connection is already established", SAWarning)
-            created, updated = _import_all(session, entries)
+        created, updated = _import_all(session, entries)
         session.commit()
     except BaseException:
         session.rollback()
