@@ -24,13 +24,26 @@ from .config import BeatConfig
 from .db import get_engine, prepare_write, session_factory
 from .exceptions import TaskNotFound, ValidationError
 from .migrate import ensure_schema
-from .models import SCHEDULE_KINDS, PeriodicTask, PeriodicTaskRun, as_bool, as_int, as_json, as_name
+from .models import (
+    CONFIG_SOURCE as CONFIG_SOURCE,
+)
+from .models import (
+    DATABASE_SOURCE as DATABASE_SOURCE,
+)
+from .models import (
+    SCHEDULE_KINDS,
+    PeriodicTask,
+    PeriodicTaskRun,
+    as_bool,
+    as_int,
+    as_json,
+    as_name,
+)
 
 logger = logging.getLogger(__name__)
 
 #: apply_async options that have a column of their own
 OPTION_COLUMNS = ("queue", "exchange", "routing_key", "priority", "headers")
-CONFIG_SOURCE = "config"
 
 
 def engine_for(app: Celery) -> Engine:
@@ -182,8 +195,6 @@ def runs(
 
 #: the run-log state of a run sent by ``run_now``
 SENT = "sent"
-#: the ``source`` shown for tasks created in the database (the column holds NULL)
-DATABASE_SOURCE = "database"
 #: what ``export_tasks`` writes for each task: its definition, not its run state
 DEFINITION_FIELDS = (
     "args", "kwargs", "queue", "exchange", "routing_key", "headers", "priority", "expires",
@@ -548,10 +559,4 @@ def _import_fields(entry: Mapping[str, Any]) -> dict[str, Any]:
         raise ValidationError(unknown[0], entry[unknown[0]], "not a field of a task")
     if "name" not in entry:
         raise ValidationError("name", None, "is required")
-    fields = {k: v for k, v in entry.items() if k not in STATE_FIELDS and k != "schedule"}
-    if "source" in fields:
-        source = fields["source"]
-        if source not in (CONFIG_SOURCE, DATABASE_SOURCE, None):
-            raise ValidationError("source", source, f"must be {CONFIG_SOURCE!r} or {DATABASE_SOURCE!r}")
-        fields["source"] = CONFIG_SOURCE if source == CONFIG_SOURCE else None
-    return fields
+    return {k: v for k, v in entry.items() if k not in STATE_FIELDS and k != "schedule"}
