@@ -51,6 +51,7 @@ def import_json(app: Celery, session: Session, url: str, extra: dict[str, Any]) 
     api.import_tasks(session, [{"name": NAME, "task": "tasks.t", "crontab": SEVEN, **extra}])
 
 
+
 def cli(*args: str) -> str:
     result = CliRunner().invoke(cli_main, list(args), catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -144,13 +145,16 @@ def test_every_door_evaluates_a_crontab_in_the_apps_timezone(
     assert next_run is not None and next_run.astimezone(sched.zone(APP_ZONE)).hour == 7
 
 
+def cli_tz() -> None:
+    cli("-A", APP_MODULE, "add", NAME, "tasks.t", "--cron", "0 7 * * *", "--tz", "America/New_York")
+
+
 EXPLICIT: dict[str, Door] = {
     "dict": update_or_create({**SEVEN, "timezone": "America/New_York"}),
     "json": update_or_create(json.dumps({**SEVEN, "timezone": "America/New_York"})),
-    "import": lambda app, session, url, extra: api.import_tasks(session, [
-        {"name": NAME, "task": "tasks.t", "crontab": {**SEVEN, "timezone": "America/New_York"}}]),
-    "cli-tz": lambda app, session, url, extra: None if cli(
-        "-A", APP_MODULE, "add", NAME, "tasks.t", "--cron", "0 7 * * *", "--tz", "America/New_York") else None,
+    "import": lambda app, session, url, extra: import_json(
+        app, session, url, {"crontab": {**SEVEN, "timezone": "America/New_York"}}),
+    "cli-tz": lambda app, session, url, extra: cli_tz(),
     "scheduler.add": scheduler_add({**SEVEN, "timezone": "America/New_York"}, "crontab"),
 }
 
