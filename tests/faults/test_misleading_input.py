@@ -57,7 +57,8 @@ def test_a_past_expiry_is_refused_at_every_door(
     engine: Engine, session: Session, db_url: str, app: Celery,
 ) -> None:
     past = sched.utcnow() - timedelta(minutes=1)
-    result = refused_on_cli(cli(db_url, "add", "x", "tasks.x", "--every", "5s", "--expires", past.isoformat()),
+    added = cli(db_url, "add", "x", "tasks.x", "--every", "5s", "--expires", past.isoformat())
+    result = refused_on_cli(added,
                             "expires", "in the past")
     assert "never run" in result
     refused("expires", lambda: PeriodicTask.update_or_create(
@@ -99,7 +100,8 @@ def test_a_past_expiry_is_kept_on_a_disabled_task_that_stays_disabled(
 
 def test_tz_that_would_be_ignored_is_refused_by_add_and_edit_alike(db_url: str, engine: Engine) -> None:
     assert cli(db_url, "add", "every", "tasks.x", "--every", "5s").exit_code == 0
-    edit = refused_on_cli(cli(db_url, "edit", "every", "--tz", "Europe/Berlin"), "timezone", "--tz applies to")
+    edited = cli(db_url, "edit", "every", "--tz", "Europe/Berlin")
+    edit = refused_on_cli(edited, "timezone", "--tz applies to")
     before = stored_state(engine)
     message = edit.split(": ", 3)[3].split(";")[0]
     for args in (["--every", "5s"], ["--solar", "sunrise", "52.5", "13.4"],
@@ -136,7 +138,8 @@ def test_an_empty_schedule_option_is_refused_not_ignored(option: str, db_url: st
 NEVER = {
     "feb-31": ("* * 31 2 *", "never fires: February has no day 31"),
     "feb-30-31": ("0 0 30,31 2 *", "never fires: February has no day 30 or 31"),
-    "short-months-31": ("0 0 31 4,6,9,11 *", "never fires: none of April, June, September, November has a day 31"),
+    "short-months-31": ("0 0 31 4,6,9,11 *",
+                        "never fires: none of April, June, September, November has a day 31"),
 }
 REVERSED = {
     "minute": ("5-1 * * * *", "minute", "write 5-59,0-1"),
@@ -179,14 +182,16 @@ def _cli(session: Session, app: Celery, url: str, expression: str) -> None:
 
 CRON_DOORS: dict[str, Door] = {
     "string": lambda s, a, u, e: PeriodicTask.update_or_create(s, name="x", task="tasks.x", crontab=e),
-    "dict": lambda s, a, u, e: PeriodicTask.update_or_create(s, name="x", task="tasks.x", crontab=as_fields(e)),
+    "dict": lambda s, a, u, e: PeriodicTask.update_or_create(
+        s, name="x", task="tasks.x", crontab=as_fields(e)),
     "json": lambda s, a, u, e: PeriodicTask.update_or_create(
         s, name="x", task="tasks.x", crontab=json.dumps(as_fields(e))),
     "celery-crontab": lambda s, a, u, e: PeriodicTask.update_or_create(
         s, name="x", task="tasks.x", crontab=celery_crontab(e)),
     "orm": _orm,
     "api": lambda s, a, u, e: api.create_task(s, "x", "tasks.x", e),
-    "import": lambda s, a, u, e: api.import_tasks(s, [{"name": "x", "task": "tasks.x", "crontab": as_fields(e)}]),
+    "import": lambda s, a, u, e: api.import_tasks(
+        s, [{"name": "x", "task": "tasks.x", "crontab": as_fields(e)}]),
     "scheduler.add": _scheduler_add,
     "cli": _cli,
 }
@@ -237,8 +242,8 @@ def test_changing_a_stored_crontab_so_it_never_fires_is_refused(session: Session
 
 def test_week_and_year_ranges_wrap_as_in_celery(session: Session) -> None:
     """``sat-sun`` and ``nov-feb`` name a weekend and a winter: they wrap, as in Celery."""
-    task = api.create_task(session, "x", "tasks.x", crontab={"minute": "0", "hour": "0", "day_of_week": "sat-sun",
-                                                             "month_of_year": "nov-feb"})
+    weekends = {"minute": "0", "hour": "0", "day_of_week": "sat-sun", "month_of_year": "nov-feb"}
+    task = api.create_task(session, "x", "tasks.x", crontab=weekends)
     spec = task.crontab.spec() if task.crontab is not None else None
     assert spec is not None and spec.days_of_week == {6, 0} and spec.months == {11, 12, 1, 2}
 
