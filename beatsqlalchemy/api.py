@@ -217,6 +217,7 @@ def get_task(session: Session, name: str) -> PeriodicTask:
 def create_task(session: Session, name: str, task: str, schedule: Any = None, **fields: Any) -> PeriodicTask:
     """Create the task ``name``; a ValidationError when one already has that name."""
     as_name("name", name)
+    as_name("task", task)  # required here (save_task reads None as "the name")
     exists = session.scalar(select(func.count()).select_from(PeriodicTask).where(PeriodicTask.name == name))
     _end_read(session)  # save_task starts a write transaction
     if exists:

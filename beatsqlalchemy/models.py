@@ -230,6 +230,26 @@ def as_id(field: str, value: Any) -> int | None:
     return as_int(field, value, 1, sched.INT32_MAX)
 
 
+def as_primary_key(row: Any, value: Any) -> int | None:
+    """A row's own id as a writer gives it: ``as_id``, and never a change of a stored
+    row's id (a free id for a new row is checked when it is written)."""
+    from sqlalchemy import inspect as sa_inspect
+
+    number = as_id("id", value)
+    if sa_inspect(row).persistent and number != row.id:
+        raise ValidationError("id", value, "the id of a stored row cannot change")
+    return number
+
+
+def check_free_id(session: Session, row: Any) -> None:
+    """A new row given an id of its own takes a free one (not a database error)."""
+    if row.id is not None:
+        with session.no_autoflush:
+            found = session.get(type(row), row.id)
+        if found is not None and found is not row:
+            raise ValidationError("id", row.id, f"a row of {row.__tablename__} has this id")
+
+
 def check_length(model: type[Base], field: str, value: str) -> str:
     """``value`` if it fits its VARCHAR column (PostgreSQL and MySQL refuse longer ones)."""
     length = getattr(model.__table__.c[field].type, "length", None)  # type: ignore[attr-defined]
@@ -260,7 +280,7 @@ class ScheduleMixin:
 
     @validates("id")
     def _id(self, key: str, value: Any) -> int | None:
-        return as_id(key, value)
+        return as_primary_key(self, value)
 
     def spec(self) -> sched.Spec:
         raise NotImplementedError
@@ -268,6 +288,16 @@ class ScheduleMixin:
     def check(self) -> None:
         """Checks that span several fields (the single-field ones run on assignment)."""
         check_required(self)  # type: ignore[arg-type]
+
+    def check_unique(self, session: Session) -> None:
+        """A new or changed row may not equal a stored one (they are shared): a
+        ValidationError naming the kind, not the database's unique violation."""
+        key = dict(zip(self.identity, self.key(), strict=True))
+        with session.no_autoflush:
+            found = session.scalars(select(type(self)).filter_by(**key)).first()
+        if found is not None and found is not self:
+            raise ValidationError(self.kind, key, f"an equal {self.kind} schedule exists (id {found.id}): "
+                                  "use that row")
 
     @property
     def schedule(self) -> BaseSchedule:
@@ -570,8 +600,12 @@ class PeriodicTask(Base):
     def _name(self, key: str, value: Any) -> str:
         return as_name(key, value) or ""
 
-    @validates("id", "interval_id", "crontab_id", "solar_id", "clocked_id")
-    def _id(self, key: str, value: Any) -> int | None:
+    @validates("id")
+    def _primary_key(self, key: str, value: Any) -> int | None:
+        return as_primary_key(self, value)
+
+    @validates("interval_id", "crontab_id", "solar_id", "clocked_id")
+    def _schedule_id(self, key: str, value: Any) -> int | None:
         return as_id(key, value)
 
     @validates("total_run_count")
@@ -668,18 +702,25 @@ class PeriodicTask(Base):
         from sqlalchemy import inspect as sa_inspect
 
         state = sa_inspect(self)
-        # a schedule set to None in this unit of work still has its old id until the
-        # flush syncs foreign keys: the relationship, when changed, is what counts
-        rows = [kind for kind in SCHEDULE_KINDS if getattr(self, kind) is not None
-                or (getattr(self, f"{kind}_id") is not None
-                    and not state.attrs[kind].history.has_changes())]
+        # Until the flush syncs foreign keys, a changed relationship is what counts (a
+        # schedule set to None still has its old id), and a changed id where the
+        # relationship did not change (the old row is still loaded)
+        rows, by_id = [], []
+        for kind in SCHEDULE_KINDS:
+            if state.attrs[f"{kind}_id"].history.has_changes() and not state.attrs[kind].history.has_changes():
+                by_id.append(kind)
+                if getattr(self, f"{kind}_id") is not None:
+                    rows.append(kind)
+            elif getattr(self, kind) is not None or (
+                    getattr(self, f"{kind}_id") is not None and not state.attrs[kind].history.has_changes()):
+                rows.append(kind)
         if len(rows) != 1:
             raise ValidationError("schedule", rows or None, "a task needs exactly one of interval, "
                                   "crontab, solar or clocked")
         check_required(self)
         kind = rows[0]
         session = state.session
-        if getattr(self, kind) is None and session is not None:  # given by id alone
+        if (kind in by_id or getattr(self, kind) is None) and session is not None:  # given by id alone
             with session.no_autoflush:
                 if session.get(SCHEDULE_MODELS[kind], getattr(self, f"{kind}_id")) is None:
                     raise ValidationError(f"{kind}_id", getattr(self, f"{kind}_id"),
@@ -787,11 +828,15 @@ def apply_fields(session: Session, task: PeriodicTask, values: dict[str, Any]) -
             given = [kind]
     if len(given) > 1:
         raise ValidationError("schedule", given, "give only one of interval, crontab, solar, clocked")
+    if given:
+        ids = [f"{kind}_id" for kind in SCHEDULE_KINDS if f"{kind}_id" in values]
+        if ids:
+            value = as_id(ids[0], values[ids[0]])
+            raise ValidationError(ids[0], value, "give a schedule or a schedule id, not both")
     rows = {kind: resolve_schedule(session, kind, values[kind]) for kind in given}
     for kind in SCHEDULE_KINDS:
         values.pop(kind, None)
         if given:
-            values.pop(f"{kind}_id", None)
             setattr(task, kind, rows.get(kind))
     if given == ["clocked"] and "one_off" not in values:
         values["one_off"] = True
@@ -909,13 +954,19 @@ def _validate_and_schedule(session: Session, _context: Any, _instances: Any) -> 
     """Every task written through the ORM is validated and gets its ``next_run_at``."""
     now = sched.utcnow()
     for obj in list(session.new) + list(session.dirty):
+        if not isinstance(obj, (ScheduleMixin, PeriodicTask)):
+            continue
+        if obj in session.new:
+            check_free_id(session, obj)
         if isinstance(obj, ScheduleMixin):
             obj.check()
-            continue
-        if not isinstance(obj, PeriodicTask):
+            obj.check_unique(session)
             continue
         obj.validate()
-        if obj in session.new or _schedule_changed(obj):
+        # a writer that clears next_run_at of an enabled task gets it computed again
+        # (beat's window never reads NULL: the task would never run)
+        cleared = obj.enabled and obj.next_run_at is None and obj.schedule_error is None
+        if obj in session.new or _schedule_changed(obj) or cleared:
             with session.no_autoflush:
                 obj.next_run_at = obj.compute_next_run(now)
             obj.schedule_error = None
