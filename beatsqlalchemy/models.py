@@ -707,12 +707,13 @@ class PeriodicTask(Base):
         # relationship did not change (the old row is still loaded)
         rows, by_id = [], []
         for kind in SCHEDULE_KINDS:
-            if state.attrs[f"{kind}_id"].history.has_changes() and not state.attrs[kind].history.has_changes():
+            relationship_changed = state.attrs[kind].history.has_changes()
+            if state.attrs[f"{kind}_id"].history.has_changes() and not relationship_changed:
                 by_id.append(kind)
                 if getattr(self, f"{kind}_id") is not None:
                     rows.append(kind)
             elif getattr(self, kind) is not None or (
-                    getattr(self, f"{kind}_id") is not None and not state.attrs[kind].history.has_changes()):
+                    getattr(self, f"{kind}_id") is not None and not relationship_changed):
                 rows.append(kind)
         if len(rows) != 1:
             raise ValidationError("schedule", rows or None, "a task needs exactly one of interval, "
