@@ -183,3 +183,51 @@ def test_a_wrong_value_is_refused_naming_the_column_and_nothing_is_written(
     assert not problems, f"{len(problems)} problem(s):\n" + "\n".join(problems[:20])
 
 
+
+
+# -- the reported cases, one by one -------------------------------------------------------------
+
+REPORTED: dict[str, tuple[dict[str, Any], str, str]] = {
+    "interval-without-period": ({"interval": '{"every": 5}'}, "period", "is required"),
+    "total-run-count-text": ({"total_run_count": "x"}, "total_run_count", "whole number"),
+    "total-run-count-negative": ({"total_run_count": -5}, "total_run_count", "between 0 and"),
+    "date-changed-text": ({"date_changed": "x"}, "date_changed", "ISO 8601"),
+    "source-unknown": ({"source": "hacker"}, "source", "'config' or 'database'"),
+    "schedule-error": ({"schedule_error": "x"}, "schedule_error", "beat's own"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REPORTED))
+def test_reported_writes_are_refused_by_name(case: str, engine: Engine, session: Session) -> None:
+    fields, field, reason = REPORTED[case]
+    create_existing(session)
+    before = stored_state(engine)
+    with pytest.raises(ValidationError) as caught:
+        PeriodicTask.update_or_create(session, name=EXISTING["interval"], **fields)
+    assert caught.value.field == field and reason in str(caught.value), str(caught.value)
+    assert stored_state(engine) == before
+    created = {"interval": VALID["interval"], **fields}
+    with pytest.raises(ValidationError) as caught:
+        PeriodicTask.update_or_create(session, name="new", task="tasks.t", **created)
+    assert caught.value.field == field
+    assert stored_state(engine) == before
+
+
+def test_source_database_is_stored_as_null(session: Session) -> None:
+    task, _ = PeriodicTask.update_or_create(session, name="t", interval=VALID["interval"], source="database")
+    assert task.source is None
+    assert api.task_to_dict(task)["source"] == "database"
+
+
+def test_a_new_schedule_row_equal_to_a_stored_one_is_refused_by_name(
+    session: Session, engine: Engine,
+) -> None:
+    create_existing(session)
+    before = stored_state(engine)
+    equal = SCHEDULE_MODELS["interval"](**VALID["interval"])
+    session.add(PeriodicTask(name="new", task="tasks.t", interval=equal))
+    with pytest.raises(ValidationError) as caught:
+        session.flush()
+    session.rollback()
+    assert caught.value.field == "interval" and "an equal interval schedule exists" in str(caught.value)
+    assert stored_state(engine) == before
