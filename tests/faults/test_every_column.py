@@ -9,8 +9,6 @@ database error is never the answer."""
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,7 +20,8 @@ from beatsqlalchemy import api
 from beatsqlalchemy.exceptions import ValidationError
 from beatsqlalchemy.models import SCHEDULE_MODELS, PeriodicTask
 
-from .test_bad_input import LATER, stored_state
+from .test_bad_input import LATER, TRIED, stored_state
+from .test_bad_input import _summary as _summary  # the count of bad inputs tried, at the end
 
 WRONG: dict[str, Any] = {
     "str": "x", "int": 7, "list": [1], "dict": {"a": 1}, "none": None, "bool": True,
@@ -66,19 +65,6 @@ DOORS = ("constructor", "assignment", "update_or_create", "api.create_task", "ap
 #: enabled as it is, update_task(task=None) keeps its Celery task
 NOT_GIVEN = {("api.create_task", "enabled", "none"), ("api.update_task", "enabled", "none"),
              ("api.update_task", "task", "none")}
-TRIED: Counter[str] = Counter()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _summary(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None and TRIED:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(f"\nevery column: {sum(TRIED.values())} writes tried ({dict(TRIED)})")
-
-
 def test_every_column_is_in_the_sweep() -> None:
     """A new column needs a line in TAKES (and a validator)."""
     assert set(TAKES["periodic_task"]) == set(PeriodicTask.__table__.columns.keys())
@@ -156,7 +142,7 @@ def test_a_wrong_value_is_refused_naming_the_column_and_nothing_is_written(
         if not applies(door, table, column):
             continue
         for label, value in WRONG.items():
-            TRIED[door] += 1
+            TRIED[f"every column ({door})"] += 1
             takes = label in TAKES[table][column] or (door, column, label) in NOT_GIVEN
             where = f"{door} {table}.{column}={value!r}"
             try:
