@@ -8,14 +8,13 @@ import math
 import os
 import socket
 import uuid
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery
 from sqlalchemy import Engine, delete, func, select, update
-from sqlalchemy.exc import IntegrityError, SAWarning
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -25,13 +24,26 @@ from .config import BeatConfig
 from .db import get_engine, prepare_write, session_factory
 from .exceptions import TaskNotFound, ValidationError
 from .migrate import ensure_schema
-from .models import SCHEDULE_KINDS, PeriodicTask, PeriodicTaskRun, as_bool, as_int, as_json, as_name
+from .models import (
+    CONFIG_SOURCE as CONFIG_SOURCE,
+)
+from .models import (
+    DATABASE_SOURCE as DATABASE_SOURCE,
+)
+from .models import (
+    SCHEDULE_KINDS,
+    PeriodicTask,
+    PeriodicTaskRun,
+    as_bool,
+    as_int,
+    as_json,
+    as_name,
+)
 
 logger = logging.getLogger(__name__)
 
 #: apply_async options that have a column of their own
 OPTION_COLUMNS = ("queue", "exchange", "routing_key", "priority", "headers")
-CONFIG_SOURCE = "config"
 
 
 def engine_for(app: Celery) -> Engine:
@@ -183,8 +195,6 @@ def runs(
 
 #: the run-log state of a run sent by ``run_now``
 SENT = "sent"
-#: the ``source`` shown for tasks created in the database (the column holds NULL)
-DATABASE_SOURCE = "database"
 #: what ``export_tasks`` writes for each task: its definition, not its run state
 DEFINITION_FIELDS = (
     "args", "kwargs", "queue", "exchange", "routing_key", "headers", "priority", "expires",
@@ -207,6 +217,7 @@ def get_task(session: Session, name: str) -> PeriodicTask:
 def create_task(session: Session, name: str, task: str, schedule: Any = None, **fields: Any) -> PeriodicTask:
     """Create the task ``name``; a ValidationError when one already has that name."""
     as_name("name", name)
+    as_name("task", task)  # required here (save_task reads None as "the name")
     exists = session.scalar(select(func.count()).select_from(PeriodicTask).where(PeriodicTask.name == name))
     _end_read(session)  # save_task starts a write transaction
     if exists:
@@ -523,9 +534,7 @@ def import_tasks(session: Session, entries: Any) -> tuple[int, int]:
     _end_read(session)
     prepare_write(session)
     try:
-        with warnings.catch_warnings():  # each update_or_create asks again for a write transaction
-            warnings.filterwarnings("ignore", "Connection is already established", SAWarning)
-            created, updated = _import_all(session, entries)
+        created, updated = _import_all(session, entries)
         session.commit()
     except BaseException:
         session.rollback()
@@ -557,10 +566,4 @@ def _import_fields(entry: Mapping[str, Any]) -> dict[str, Any]:
         raise ValidationError(unknown[0], entry[unknown[0]], "not a field of a task")
     if "name" not in entry:
         raise ValidationError("name", None, "is required")
-    fields = {k: v for k, v in entry.items() if k not in STATE_FIELDS and k != "schedule"}
-    if "source" in fields:
-        source = fields["source"]
-        if source not in (CONFIG_SOURCE, DATABASE_SOURCE, None):
-            raise ValidationError("source", source, f"must be {CONFIG_SOURCE!r} or {DATABASE_SOURCE!r}")
-        fields["source"] = CONFIG_SOURCE if source == CONFIG_SOURCE else None
-    return fields
+    return {k: v for k, v in entry.items() if k not in STATE_FIELDS and k != "schedule"}

@@ -203,11 +203,13 @@ class Context:
         """A session on a database whose schema is current (created on SQLite)."""
         from .db import session_factory
         from .migrate import ensure_schema
+        from .schedules import in_app_timezone
 
         engine = self.engine()
         config = self.config()
         ensure_schema(engine, config.create_schema if config is not None and not self._url else None)
-        with session_factory(engine)() as session:
+        # a crontab given without a timezone takes the app's (UTC without -A)
+        with in_app_timezone(self.app()), session_factory(engine)() as session:
             yield session
 
 
@@ -529,41 +531,50 @@ def parse_duration(value: str) -> timedelta:
     return delta
 
 
-def _crontab_timezone(obj: Context, tz: str | None, current: Any = None) -> str:
-    if tz:
-        return tz
+def _crontab_timezone(tz: str | None, current: Any = None) -> dict[str, str]:
+    """The ``timezone`` of a new ``--cron``: ``--tz``, else the crontab's own on edit (only
+    the options given change), else none: the write path gives it the app's."""
+    if tz is not None:
+        return {"timezone": tz}
     if current is not None and getattr(current, "kind", None) == "crontab":
-        return str(current.timezone)
-    app = obj.app()
-    zone = getattr(app.conf, "timezone", None) if app is not None else None
-    return str(zone) if zone else "UTC"
+        return {"timezone": str(current.timezone)}
+    return {}
 
 
-def _schedule(obj: Context, every: str | None, cron: str | None, tz: str | None, at: str | None,
+#: why ``--tz`` is refused with other schedules: the same words for ``add`` and ``edit``
+_TZ_APPLIES = "--tz applies to a crontab (--cron, or --tz alone on edit) and to a naive --at time"
+
+
+def _schedule(every: str | None, cron: str | None, tz: str | None, at: str | None,
               solar: tuple[str, str, str] | None, current: Any = None) -> dict[str, Any]:
-    """The schedule keyword for ``save_task`` from the schedule options (or {})."""
+    """The schedule keyword for ``save_task`` from the schedule options (or {}). An
+    option given empty counts as given (and is refused by its parser)."""
     from .models import as_datetime
     from .schedules import split_cron, zone
 
     given = [flag for flag, value in (("--every", every), ("--cron", cron), ("--at", at),
-                                      ("--solar", solar)) if value]
+                                      ("--solar", solar)) if value is not None]
     if len(given) > 1:
         raise ValidationError("schedule", " ".join(given), "give only one of --every, --cron, --at, --solar")
-    if tz:
+    if tz is not None:
+        if not tz.strip():
+            raise ValidationError("timezone", tz, "must not be empty")
         zone(tz)
-    if every:
+        if every is not None or solar is not None:
+            raise ValidationError("timezone", tz, f"{_TZ_APPLIES}, not to {given[0]}")
+    if every is not None:
         return {"interval": parse_duration(every)}
-    if cron:
-        return {"crontab": {**split_cron(cron), "timezone": _crontab_timezone(obj, tz, current)}}
-    if at:
+    if cron is not None:
+        return {"crontab": {**split_cron(cron), **_crontab_timezone(tz, current)}}
+    if at is not None:
         moment = _parse_at(at, tz)
         return {"clocked": {"clocked_time": as_datetime("at", moment)}}
-    if solar:
+    if solar is not None:
         event, latitude, longitude = solar
         return {"solar": {"event": event, "latitude": latitude, "longitude": longitude}}
-    if tz:
+    if tz is not None:
         if current is None or getattr(current, "kind", None) != "crontab":
-            raise ValidationError("timezone", tz, "--tz applies to a crontab schedule; give --cron too")
+            raise ValidationError("timezone", tz, f"{_TZ_APPLIES}; this task has no crontab: give --cron too")
         fields = {key: getattr(current, key) for key in current.identity}
         return {"crontab": {**fields, "timezone": tz}}
     return {}
@@ -576,7 +587,9 @@ def _parse_at(value: str, tz: str | None) -> datetime:
         moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ValidationError("at", value, "not an ISO 8601 date and time (2030-01-31T09:00)") from None
-    if moment.tzinfo is None and tz:
+    if moment.tzinfo is not None and tz is not None:
+        raise ValidationError("timezone", tz, f"{_TZ_APPLIES}; --at {value} has its own UTC offset")
+    if tz is not None:
         moment = moment.replace(tzinfo=zone(tz))
     checked_utc("at", moment, value)
     return moment
@@ -600,7 +613,7 @@ def _expires(value: str) -> dict[str, Any]:
 
 def _fields(obj: Context, options: dict[str, Any], current: Any = None) -> dict[str, Any]:
     """``save_task`` keywords for the options given on the command line."""
-    fields = _schedule(obj, options.pop("every"), options.pop("cron"), options.pop("tz"),
+    fields = _schedule(options.pop("every"), options.pop("cron"), options.pop("tz"),
                        options.pop("at"), options.pop("solar"), current)
     one_off = options.pop("one_off")
     if one_off is not None:

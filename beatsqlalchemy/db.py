@@ -214,8 +214,20 @@ def outside_transaction(engine: Engine) -> Iterator[Connection]:
 
 
 def prepare_write(session: Session) -> None:
-    """Make a session's next transaction a read-then-write one (see ``begin_write``)."""
-    session.connection(execution_options=WRITE_OPTIONS)
+    """Make a session's next transaction a read-then-write one (see ``begin_write``).
+    A transaction that already holds its connection goes on as it is (its options can no
+    longer change, and ending it here could commit half of the caller's work): callers
+    that know a read is all it did end it first (``api._end_read``)."""
+    if not _holds_connection(session):
+        session.connection(execution_options=WRITE_OPTIONS)
+
+
+def _holds_connection(session: Session) -> bool:
+    """Whether the session's transaction has acquired a connection (its execution
+    options can no longer change)."""
+    transaction = session.get_transaction()
+    # ``SessionTransaction.connections`` is public from SQLAlchemy 2.1.7 on
+    return transaction is not None and bool(getattr(transaction, "_connections", None))
 
 
 def _configure_sqlite(engine: Engine, memory: bool) -> None:

@@ -64,6 +64,10 @@ MISFIRE_POLICIES = ("catch_up", "skip")
 DESCRIPTION_BYTES = 65_535
 #: deepest nesting of arrays and objects accepted in a JSON field
 JSON_DEPTH = 100
+#: ``source`` of tasks installed from the app's ``beat_schedule``
+CONFIG_SOURCE = "config"
+#: ``source`` of tasks created in the database (the column holds NULL)
+DATABASE_SOURCE = "database"
 
 
 #: why a stored value is ``Unreadable``
@@ -363,6 +367,48 @@ def as_bool(field: str, value: Any) -> bool:
     return value
 
 
+def as_id(field: str, value: Any) -> int | None:
+    """A row id: a whole number that an INTEGER column holds, from 1 (or None)."""
+    return as_int(field, value, 1, sched.INT32_MAX)
+
+
+def as_primary_key(row: Any, value: Any) -> int | None:
+    """A row's own id as a writer gives it: ``as_id``, and never a change of a stored
+    row's id (a free id for a new row is checked when it is written)."""
+    from sqlalchemy import inspect as sa_inspect
+
+    number = as_id("id", value)
+    if sa_inspect(row).persistent and number != row.id:
+        raise ValidationError("id", value, "the id of a stored row cannot change")
+    return number
+
+
+def check_free_id(session: Session, row: Any) -> None:
+    """A new row given an id of its own takes a free one (not a database error)."""
+    if row.id is not None:
+        with session.no_autoflush:
+            found = session.get(type(row), row.id)
+        if found is not None and found is not row:
+            raise ValidationError("id", row.id, f"a row of {row.__tablename__} has this id")
+
+
+def check_length(model: type[Base], field: str, value: str) -> str:
+    """``value`` if it fits its VARCHAR column (PostgreSQL and MySQL refuse longer ones)."""
+    length = getattr(model.__table__.c[field].type, "length", None)  # type: ignore[attr-defined]
+    if length is not None and len(value) > length:
+        raise ValidationError(field, value, f"longer than {length} characters")
+    return value
+
+
+def check_required(row: Base) -> None:
+    """Every NOT NULL column without a default has a value: a ValidationError naming the
+    first one missing, before the database refuses the row."""
+    for column in row.__table__.columns:  # type: ignore[attr-defined]
+        if (not column.nullable and not column.primary_key and column.default is None
+                and column.server_default is None and getattr(row, column.key) is None):
+            raise ValidationError(column.key, None, "is required")
+
+
 # -- schedule tables ----------------------------------------------------------------
 
 class ScheduleMixin:
@@ -374,8 +420,26 @@ class ScheduleMixin:
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
 
+    @validates("id")
+    def _id(self, key: str, value: Any) -> int | None:
+        return as_primary_key(self, value)
+
     def spec(self) -> sched.Spec:
         raise NotImplementedError
+
+    def check(self) -> None:
+        """Checks that span several fields (the single-field ones run on assignment)."""
+        check_required(self)  # type: ignore[arg-type]
+
+    def check_unique(self, session: Session) -> None:
+        """A new or changed row may not equal a stored one (they are shared): a
+        ValidationError naming the kind, not the database's unique violation."""
+        key = dict(zip(self.identity, self.key(), strict=True))
+        with session.no_autoflush:
+            found = session.scalars(select(type(self)).filter_by(**key)).first()
+        if found is not None and found is not self:
+            raise ValidationError(self.kind, key, f"an equal {self.kind} schedule exists (id {found.id}): "
+                                  "use that row")
 
     @property
     def schedule(self) -> BaseSchedule:
@@ -441,20 +505,30 @@ class CrontabSchedule(ScheduleMixin, Base):
 
     def __init__(self, **fields: Any) -> None:
         for name in self.identity:
-            fields.setdefault(name, "UTC" if name == "timezone" else "*")
+            if name not in fields:  # a crontab given without a timezone: the app's
+                fields[name] = sched.app_timezone() if name == "timezone" else "*"
         super().__init__(**fields)
+        self.check()
 
     @validates("minute", "hour", "day_of_week", "day_of_month", "month_of_year")
     def _field(self, key: str, value: Any) -> str:
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
-        sched.parse_cron_field(key, value)
-        return str(value).strip()
+        sched.check_cron_field(key, value)
+        return check_length(CrontabSchedule, key, str(value).strip())
 
     @validates("timezone")
     def _timezone(self, _key: str, value: Any) -> str:
         sched.zone(value if isinstance(value, str) else repr(value))
-        return str(value)
+        return check_length(CrontabSchedule, "timezone", str(value))
+
+    def check(self) -> None:
+        """A crontab that never fires (Feb 31st) is refused."""
+        super().check()
+        reason = sched.never_fires(self.spec())
+        if reason is not None:
+            expression = " ".join(str(getattr(self, name)) for name in sched.CRON_ORDER)
+            raise ValidationError("crontab", expression, reason)
 
     def spec(self) -> sched.Cron:
         return sched.Cron.parse(
@@ -672,6 +746,35 @@ class PeriodicTask(Base):
     def _name(self, key: str, value: Any) -> str:
         return as_name(key, value) or ""
 
+    @validates("id")
+    def _primary_key(self, key: str, value: Any) -> int | None:
+        return as_primary_key(self, value)
+
+    @validates("interval_id", "crontab_id", "solar_id", "clocked_id")
+    def _schedule_id(self, key: str, value: Any) -> int | None:
+        return as_id(key, value)
+
+    @validates("total_run_count")
+    def _total_run_count(self, key: str, value: Any) -> int:
+        count = as_int(key, value, 0, sched.INT32_MAX)
+        if count is None:
+            raise ValidationError(key, value, "is required")
+        return count
+
+    @validates("source")
+    def _source(self, key: str, value: Any) -> str | None:
+        if value is None or value == DATABASE_SOURCE:
+            return None  # the column holds NULL for tasks created in the database
+        if value == CONFIG_SOURCE:
+            return CONFIG_SOURCE
+        raise ValidationError(key, value, f"must be {CONFIG_SOURCE!r} or {DATABASE_SOURCE!r}")
+
+    @validates("schedule_error")
+    def _schedule_error(self, key: str, value: Any) -> None:
+        if value is not None:
+            raise ValidationError(key, value, "is beat's own: it says why beat cannot schedule "
+                                  "the row, and is cleared when the row is fixed")
+
     @validates("queue", "exchange", "routing_key")
     def _route(self, key: str, value: Any) -> str | None:
         return as_name(key, value, optional=True)
@@ -696,11 +799,11 @@ class PeriodicTask(Base):
     def _expire_seconds(self, key: str, value: Any) -> int | None:
         return as_int(key, value, 0, sched.INT32_MAX)
 
-    @validates("expires", "start_time", "last_run_at", "next_run_at")
+    @validates("expires", "start_time", "last_run_at", "next_run_at", "date_changed")
     def _moment(self, key: str, value: Any) -> datetime | None:
         return as_datetime(key, value)
 
-    @validates("one_off", "enabled")
+    @validates("one_off", "enabled", "needs_recompute")
     def _flag(self, key: str, value: Any) -> bool:
         return as_bool(key, value)
 
@@ -743,14 +846,34 @@ class PeriodicTask(Base):
         from sqlalchemy import inspect as sa_inspect
 
         state = sa_inspect(self)
-        # a schedule set to None in this unit of work still has its old id until the
-        # flush syncs foreign keys: the relationship, when changed, is what counts
-        rows = [kind for kind in SCHEDULE_KINDS if getattr(self, kind) is not None
-                or (getattr(self, f"{kind}_id") is not None
-                    and not state.attrs[kind].history.has_changes())]
+        # Until the flush syncs foreign keys, a changed relationship is what counts (a
+        # schedule set to None still has its old id), and a changed id where the
+        # relationship did not change (the old row is still loaded)
+        rows, by_id = [], []
+        for kind in SCHEDULE_KINDS:
+            relationship_changed = state.attrs[kind].history.has_changes()
+            if state.attrs[f"{kind}_id"].history.has_changes() and not relationship_changed:
+                by_id.append(kind)
+                if getattr(self, f"{kind}_id") is not None:
+                    rows.append(kind)
+            elif getattr(self, kind) is not None or (
+                    getattr(self, f"{kind}_id") is not None and not relationship_changed):
+                rows.append(kind)
         if len(rows) != 1:
             raise ValidationError("schedule", rows or None, "a task needs exactly one of interval, "
                                   "crontab, solar or clocked")
+        check_required(self)
+        kind = rows[0]
+        session = state.session
+        if (kind in by_id or getattr(self, kind) is None) and session is not None:  # given by id alone
+            with session.no_autoflush:
+                if session.get(SCHEDULE_MODELS[kind], getattr(self, f"{kind}_id")) is None:
+                    raise ValidationError(f"{kind}_id", getattr(self, f"{kind}_id"),
+                                          f"no {kind} schedule has this id")
+        if (self.enabled and self.expires is not None and self.expires <= sched.utcnow()
+                and (state.attrs.expires.history.has_changes() or state.attrs.enabled.history.has_changes())):
+            raise ValidationError("expires", self.expires.isoformat(), "is in the past: the task would "
+                                  "never run (give a later time, or none)")
         if self.expires is not None and self.expire_seconds is not None:
             raise ValidationError("expires", self.expires, "set expires or expire_seconds, not both")
         if rows[0] == "clocked" and not self.one_off:
@@ -880,11 +1003,15 @@ def apply_fields(session: Session, task: PeriodicTask, values: dict[str, Any]) -
             given = [kind]
     if len(given) > 1:
         raise ValidationError("schedule", given, "give only one of interval, crontab, solar, clocked")
+    if given:
+        ids = [f"{kind}_id" for kind in SCHEDULE_KINDS if f"{kind}_id" in values]
+        if ids:
+            value = as_id(ids[0], values[ids[0]])
+            raise ValidationError(ids[0], value, "give a schedule or a schedule id, not both")
     rows = {kind: resolve_schedule(session, kind, values[kind]) for kind in given}
     for kind in SCHEDULE_KINDS:
         values.pop(kind, None)
         if given:
-            values.pop(f"{kind}_id", None)
             setattr(task, kind, rows.get(kind))
     if given == ["clocked"] and "one_off" not in values:
         values["one_off"] = True
@@ -932,7 +1059,9 @@ def schedule_fields(kind: str, value: Any) -> dict[str, Any]:
             raise ValidationError(kind, value, f"unknown field(s) {', '.join(sorted(unknown))}")
         return dict(value)
     if kind == "crontab" and isinstance(value, celery_crontab):
-        tz = getattr(value, "tz_name", None) or str(getattr(value.tz, "key", value.tz))
+        # Celery's crontab runs in its app's timezone; ours carries its own
+        tz = value.tz_name if isinstance(value, ZonedCrontab) else sched.app_timezone(
+            getattr(value, "_app", None))
         return {
             "minute": str(value._orig_minute), "hour": str(value._orig_hour),
             "day_of_week": str(value._orig_day_of_week),
@@ -978,6 +1107,7 @@ def resolve_schedule(session: Session, kind: str, value: Any) -> ScheduleMixin:
         candidate: ScheduleMixin = value  # a new instance: reuse an equal row if any
     else:
         candidate = model(**schedule_fields(kind, value))  # validates every field
+    candidate.check()
     key = dict(zip(model.identity, candidate.key(), strict=True))
     with session.no_autoflush:
         found = session.scalars(select(model).filter_by(**key)).first()
@@ -999,10 +1129,19 @@ def _validate_and_schedule(session: Session, _context: Any, _instances: Any) -> 
     """Every task written through the ORM is validated and gets its ``next_run_at``."""
     now = sched.utcnow()
     for obj in list(session.new) + list(session.dirty):
-        if not isinstance(obj, PeriodicTask):
+        if not isinstance(obj, (ScheduleMixin, PeriodicTask)):
+            continue
+        if obj in session.new:
+            check_free_id(session, obj)
+        if isinstance(obj, ScheduleMixin):
+            obj.check()
+            obj.check_unique(session)
             continue
         obj.validate()
-        if obj in session.new or _schedule_changed(obj):
+        # a writer that clears next_run_at of an enabled task gets it computed again
+        # (beat's window never reads NULL: the task would never run)
+        cleared = obj.enabled and obj.next_run_at is None and obj.schedule_error is None
+        if obj in session.new or _schedule_changed(obj) or cleared:
             with session.no_autoflush:
                 obj.next_run_at = obj.compute_next_run(now)
             obj.schedule_error = None

@@ -236,7 +236,7 @@ class DatabaseScheduler(Scheduler):
     def add(self, **kwargs: Any) -> PeriodicTask:  # type: ignore[override]
         """Create or update a task by name: ``name, task, schedule, args, kwargs,
         options, enabled``; works from any process, beat picks it up at its next sync."""
-        with session_factory(api.engine_for(self.app))() as session:
+        with sched.in_app_timezone(self.app), session_factory(api.engine_for(self.app))() as session:
             return api.save_task(session, **kwargs)
 
     def remove(self, name: str) -> bool:
@@ -372,7 +372,7 @@ class DatabaseScheduler(Scheduler):
         for entry in entries.values():  # evaluate schedules in this app's timezone, as Celery does
             if isinstance(entry.get("schedule"), BaseSchedule):
                 entry["schedule"].app = self.app
-        with session_factory(self.engine)() as session:
+        with sched.in_app_timezone(self.app), session_factory(self.engine)() as session:
             installed, retired = api.install_config_schedule(
                 session, entries, self.config.remove_missing_config_tasks
             )

@@ -11,6 +11,9 @@ does), so that no real hour goes without its runs.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -78,6 +81,40 @@ def checked_utc(field: str, value: datetime, given: Any = None) -> datetime:
         raise ValidationError(field, shown, "outside the years 1 to 9999 in UTC") from None
 
 
+#: the app timezone chosen by ``in_app_timezone`` (None: Celery's current app)
+_APP_TIMEZONE: ContextVar[str | None] = ContextVar("beatsqlalchemy_app_timezone", default=None)
+
+
+def app_timezone(app: Any = None) -> str:
+    """What a crontab given without a timezone is evaluated in, at every door: the Celery
+    app's ``timezone`` setting, else UTC (Celery evaluates its own crontab in the app's
+    timezone too). The app is ``app``, else the one chosen by ``in_app_timezone``, else
+    Celery's current app."""
+    if app is None:
+        chosen = _APP_TIMEZONE.get()
+        if chosen is not None:
+            return chosen
+        from celery import current_app
+
+        app = current_app
+    setting = app.conf.timezone
+    if not setting:
+        return "UTC"
+    return setting if isinstance(setting, str) else str(getattr(setting, "key", setting))
+
+
+@contextmanager
+def in_app_timezone(app: Any) -> Iterator[None]:
+    """Within the block, a crontab given without a timezone takes ``app``'s, UTC when
+    ``app`` is None (for writers that know their app, or that they have none: beat,
+    ``DatabaseScheduler.add``, the command line)."""
+    token = _APP_TIMEZONE.set("UTC" if app is None else app_timezone(app))
+    try:
+        yield
+    finally:
+        _APP_TIMEZONE.reset(token)
+
+
 def zone(name: str) -> ZoneInfo:
     """The ``ZoneInfo`` for an IANA name, or a ValidationError naming it."""
     if not isinstance(name, str):
@@ -112,6 +149,30 @@ def _parse_cron_field(field: str, value: str) -> tuple[int, ...]:
     return tuple(sorted(values))
 
 
+#: fields whose reversed ranges (``5-1``) writers may not give: cron(8) refuses them,
+#: Celery reads them as wrapping around; a week and a year are cycles (``sat-sun``,
+#: ``nov-feb`` wrap, as in Celery), minutes, hours and days of the month are not
+NO_WRAP_FIELDS = ("minute", "hour", "day_of_month")
+
+
+def check_cron_field(field: str, value: str) -> tuple[int, ...]:
+    """``parse_cron_field`` for writers: also refuses a reversed range in a field of
+    NO_WRAP_FIELDS (rows already stored keep Celery's reading)."""
+    values = parse_cron_field(field, value)
+    if field in NO_WRAP_FIELDS:
+        size, first = CRON_FIELDS[field]
+        for part in value.strip().lower().split(","):
+            span = part.split("/")[0]
+            if "-" not in span.strip("-"):
+                continue
+            low, _, high = span.partition("-")
+            start, end = parse_cron_field(field, low)[0], parse_cron_field(field, high)[0]
+            if end < start:
+                raise ValidationError(field, value, f"the range {span} is reversed (cron refuses it); "
+                                      f"write {start}-{first + size - 1},{first}-{end} for one that wraps")
+    return values
+
+
 def split_cron(expression: str) -> dict[str, str]:
     """A 5-field cron string (``m h dom mon dow``) as crontab field values."""
     parts = expression.split() if isinstance(expression, str) else []
@@ -119,7 +180,7 @@ def split_cron(expression: str) -> dict[str, str]:
         raise ValidationError("crontab", expression, "a cron string has 5 fields: m h dom mon dow")
     fields = dict(zip(CRON_ORDER, parts, strict=True))
     for name, value in fields.items():
-        parse_cron_field(name, value)
+        check_cron_field(name, value)
     return fields
 
 
@@ -220,6 +281,27 @@ class Cron:
     @property
     def every_hour(self) -> bool:
         return len(self.hours) == 24
+
+
+_MONTHS = ("", "January", "February", "March", "April", "May", "June", "July", "August",
+           "September", "October", "November", "December")
+_MONTH_DAYS = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def never_fires(cron: Cron, now: datetime | None = None) -> str | None:
+    """Why ``cron`` never runs, or None when it does: no month it names has a day it
+    names (Feb 31st), or those days never fall on its weekdays (``next_after`` looks
+    _SEARCH_YEARS ahead, every calendar cycle)."""
+    days = sorted(cron.days_of_month)
+    if not any(day <= _MONTH_DAYS[month] for month in cron.months for day in days):
+        months = [_MONTHS[month] for month in sorted(cron.months)]
+        named = " or ".join(str(day) for day in days)
+        if len(months) == 1:
+            return f"never fires: {months[0]} has no day {named}"
+        return f"never fires: none of {', '.join(months)} has a day {named}"
+    if cron.next_after(now or utcnow()) is None:
+        return "never fires: its days of the month never fall on its days of the week"
+    return None
 
 
 @lru_cache(maxsize=4096)

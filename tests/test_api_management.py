@@ -354,7 +354,7 @@ def test_run_now_errors_send_and_record_nothing(
     with pytest.raises(TaskNotFound):
         api.run_now(session, app, "missing")
     api.create_task(session, "expired", "tasks.x", timedelta(minutes=5), queue=queue.name,
-                    expires=datetime(2001, 1, 1, tzinfo=UTC))
+                    expires=datetime(2001, 1, 1, tzinfo=UTC), enabled=False)  # enabled: refused
     with pytest.raises(ValidationError) as caught:
         api.run_now(session, app, "expired")
     assert caught.value.field == "expires"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from run_ids import task_id_of
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -256,7 +256,9 @@ def test_clocked_task_fires_once(engine: Engine, session: Session) -> None:
 def test_expired_task_is_disabled_and_not_sent(engine: Engine, session: Session) -> None:
     now = utcnow()
     slot = now - timedelta(seconds=1)
-    pk = make(session, "stale", due=slot, expires=now - timedelta(minutes=1))
+    pk = make(session, "stale", due=slot, expires=now + timedelta(hours=1))
+    with engine.begin() as connection:  # expired since (a past expiry is refused at writing)
+        connection.execute(update(TASKS).where(TASKS.c.id == pk).values(expires=now - timedelta(minutes=1)))
     fresh = make(session, "fresh", due=slot, expires=now + timedelta(hours=1))
     store = Store(engine, "beat-a")
 

@@ -587,7 +587,8 @@ def test_changing_the_app_timezone_neither_fires_nor_skips_runs(db_url: str, eng
 
     now = datetime.now(UTC)
     assert before["daily-berlin"][0] == Cron.parse("30", "2", "*", "*", "*", "Europe/Berlin").next_after(now)
-    assert before["cron-utc-string"][4][-1] == "UTC"
+    # a crontab given without a timezone took A's app timezone, and keeps it under B
+    assert before["cron-utc-string"][4][-1] == "America/New_York"
     for name in ("daily-berlin", "cron-utc-string"):
         assert after[name] == before[name], name  # not due: untouched
     for name in ("interval", "config-interval"):
