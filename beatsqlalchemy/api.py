@@ -24,13 +24,12 @@ from . import schedules as sched
 from .config import BeatConfig
 from .db import get_engine, prepare_write, session_factory
 from .exceptions import TaskNotFound, ValidationError
+from .message_options import OPTION_COLUMNS, check_headers, check_options
 from .migrate import ensure_schema
 from .models import SCHEDULE_KINDS, PeriodicTask, PeriodicTaskRun, as_bool, as_int, as_json, as_name
 
 logger = logging.getLogger(__name__)
 
-#: apply_async options that have a column of their own
-OPTION_COLUMNS = ("queue", "exchange", "routing_key", "priority", "headers")
 CONFIG_SOURCE = "config"
 
 
@@ -387,6 +386,7 @@ def send_options(task: PeriodicTask) -> dict[str, Any]:
     """The ``apply_async`` options of a task, validated (as beat sends them)."""
     extra = task.extra_options
     options: dict[str, Any] = dict(as_json("extra_options", extra, dict)) if extra is not None else {}
+    check_options(options)
     for key in ("queue", "exchange", "routing_key"):
         value = getattr(task, key)
         if value:
@@ -398,6 +398,7 @@ def send_options(task: PeriodicTask) -> dict[str, Any]:
     elif task.expire_seconds is not None:
         options["expires"] = task.expire_seconds
     options["headers"] = dict(as_json("headers", task.headers or {}, dict))
+    check_headers(options["headers"])
     return options
 
 

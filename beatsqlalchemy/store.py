@@ -38,6 +38,8 @@ from sqlalchemy.types import NullType
 from . import schedules as sched
 from .db import begin_write, outside_transaction
 from .exceptions import ValidationError
+from .message_options import BEAT_HEADER as BEAT_HEADER  # re-exported: worker and broker read it here
+from .message_options import check_headers, check_options
 from .models import (
     SCHEDULE_KINDS,
     ClockedSchedule,
@@ -95,8 +97,6 @@ def _window_statement() -> Any:
 
 
 CLAIMED, SENT, ABANDONED, SKIPPED = "claimed", "sent", "abandoned", "skipped"
-#: the header beat puts on every run it publishes (RunOnceTask checks only those)
-BEAT_HEADER = "celery_beat_task"
 #: the near window plus probes for flagged tasks and the oldest unconfirmed claim, built once
 _WINDOW = _window_statement()
 TASK_ID_NAMESPACE = uuid.UUID("6f2b8f52-3c4e-5b7a-9d1e-2a7c0e5b4f10")
@@ -599,7 +599,11 @@ def _parse_payload(row: TaskRow) -> tuple[list[Any], dict[str, Any], dict[str, A
     args = _loads("args", row.args, list, [])
     kwargs = _loads("kwargs", row.kwargs, dict, {})
     headers = _loads("headers", row.headers, dict, {})
+    if headers:  # a row written with plain SQL: nothing it holds may set Celery's own fields
+        check_headers(headers)
     options: dict[str, Any] = dict(_loads("extra_options", row.extra_options, dict, {}))
+    if options:
+        check_options(options)
     if row.queue:
         options["queue"] = row.queue
     if row.exchange:
