@@ -19,13 +19,14 @@ from celery import Celery
 from celery.beat import Scheduler
 from celery.schedules import BaseSchedule
 from kombu.connection import Connection
+from kombu.messaging import Producer
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import SingletonThreadPool
 
 from . import api
 from . import schedules as sched
-from .broker import beat_connection, pushes_once
+from .broker import beat_connection, pushes_once, report_unrouted, returns_unrouted
 from .config import BeatConfig
 from .db import get_engine, redact, session_factory
 from .exceptions import SchemaNotReady
@@ -43,6 +44,9 @@ MAX_RETRY_DELAY = 1.0
 
 #: how long one tick goes on sending due runs before it syncs or yields to a shutdown
 SEND_SPELL = 1.0
+
+#: most runs handed back by the broker read after one batch (the rest at the next)
+MAX_RETURNS_READ = 100
 
 #: ``celery beat`` raises SystemExit from its handlers of these, wherever the process is
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -205,6 +209,33 @@ class DatabaseScheduler(Scheduler):
         """The broker connection runs are published on; on Redis each run is pushed once
         (see ``beatsqlalchemy.broker``). Celery's ``close`` releases it."""
         return beat_connection(self.app, self.config.broker_dedup_seconds)
+
+    @cached_property
+    def _returns(self) -> bool:
+        """Whether runs are published with AMQP's ``mandatory`` flag, so that the broker
+        hands back those no queue took (read after each batch: ``_read_returns``)."""
+        return returns_unrouted(self.connection)
+
+    @cached_property
+    def producer(self) -> Producer:
+        on_return = self._returned if self._returns else None
+        producer: Producer = self.Producer(self._ensure_connected(), auto_declare=False, on_return=on_return)
+        return producer
+
+    @staticmethod
+    def _returned(exc: BaseException, exchange: str, routing_key: str, message: Any) -> None:
+        report_unrouted(message.headers or {}, exchange, routing_key, f"AMQP: {exc}")
+
+    def _read_returns(self) -> None:
+        """Read, without waiting, what the broker sent back on beat's connection: runs it
+        could not route (see ``_returned``), or the error of a publish it refused."""
+        try:
+            for _ in range(MAX_RETURNS_READ):
+                self.connection.drain_events(timeout=0)  # type: ignore[no-untyped-call]
+        except (TimeoutError, BlockingIOError):
+            pass
+        except Exception as exc:  # a channel the broker closed (an exchange that does not exist)
+            logger.warning("beat: the broker refused a run published on this connection: %s", exc)
 
     def should_sync(self) -> bool:
         return False  # run state is written when each run is claimed
@@ -456,6 +487,8 @@ class DatabaseScheduler(Scheduler):
                 sent.append(run.run_id)
         if not sent:
             return
+        if self._returns:
+            self._read_returns()
         if self._recording is None:
             self._recorded(sent, token, self._db.inline(self.store.mark_sent, sent, sched.utcnow(), token))
         else:  # in the database thread while the next batch is sent; checked before returning
@@ -473,13 +506,14 @@ class DatabaseScheduler(Scheduler):
     def _send(self, run: Run) -> bool:
         logger.info("Scheduler: Sending due task %s (%s)", run.name, run.task)
         task = self.app.tasks.get(run.task)
+        options = {**run.options, "mandatory": True} if self._returns else run.options
         try:
             if task is not None:
                 task.apply_async(run.args, run.kwargs, producer=self.producer,
-                                 task_id=run.task_id, **run.options)
+                                 task_id=run.task_id, **options)
             else:
                 self.app.send_task(run.task, run.args, run.kwargs, producer=self.producer,
-                                   task_id=run.task_id, **run.options)
+                                   task_id=run.task_id, **options)
         except Exception as exc:  # a broker error must not stop beat
             logger.error("beat: could not send %s (%s) for %s: %s", run.name, run.task,
                          run.slot.isoformat(), exc, exc_info=True)
