@@ -106,19 +106,34 @@ def test_a_run_no_queue_takes_is_reported_once_per_task_and_route(
                 Exchange(name, channel=channel).delete()
 
 
-def test_amqp_a_missing_exchange_is_reported(
+def test_amqp_a_missing_exchange_is_reported_and_other_tasks_keep_going(
     make_beat: Callable[..., DatabaseScheduler], caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """RabbitMQ closes the channel of a publish to an exchange that does not exist, and the
+    next publish on it fails, whatever its task: beat says why once and publishes every
+    other run on a new channel."""
     reachable_amqp(AMQP_URL)
     caplog.set_level(logging.WARNING, logger="beatsqlalchemy")
     scheduler = make_beat(AMQP_URL)
-    scheduler.add(name="nowhere", task="tasks.nowhere", schedule=timedelta(seconds=1),
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    every = timedelta(seconds=1)
+    scheduler.add(name="nowhere", task="tasks.nowhere", schedule=every,
                   options={"exchange": f"missing-{uuid.uuid4().hex[:8]}", "routing_key": "rk"})
-    deadline = time.monotonic() + 10
-    refused = "the broker refused a run published on this connection: Basic.publish: (404) NOT_FOUND"
-    while not any(refused in r.getMessage() for r in caplog.records):
-        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
-        time.sleep(min(scheduler.tick(), 0.05))
+    scheduler.add(name="healthy", task="tasks.healthy", schedule=every, options={"queue": queue})
+    try:
+        tick_until_sent(scheduler, ["nowhere", "healthy"], 4)
+        with scheduler.store.engine.connect() as connection:
+            states = connection.execute(select(PeriodicTaskRun.state).where(
+                PeriodicTaskRun.periodic_task_name == "healthy")).scalars().all()
+        assert set(states) == {"sent"}, states  # no run of the healthy task failed
+        closed = [r.getMessage() for r in caplog.records if "closed beat's channel" in r.getMessage()]
+        assert len(closed) == 1 and "NOT_FOUND" in closed[0], closed
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        with Connection(AMQP_URL) as connection, connection.SimpleQueue(queue, no_ack=True) as simple:
+            assert [simple.get(timeout=2).headers["task"] for _ in states] == ["tasks.healthy"] * len(states)
+    finally:
+        with Connection(AMQP_URL) as connection:
+            Queue(queue, channel=connection.channel()).delete()
 
 
 def test_every_allowed_option_publishes_json(
