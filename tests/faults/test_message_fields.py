@@ -269,3 +269,22 @@ def test_beat_refuses_plain_sql_rows(engine: Engine, session: Session, app: Cele
     for name in ("edited-headers", "bad-0"):
         with pytest.raises(ValidationError):
             api.run_now(session, app, name)
+
+
+def test_beat_schedule_entries_with_reserved_fields_are_skipped(
+    session: Session, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``beat_schedule`` entries go through the same allow-list: a bad one is logged with
+    the key and skipped, the others are installed."""
+    every = timedelta(seconds=10)
+    entries: dict[str, dict[str, Any]] = {
+        "good": {"task": "t", "schedule": every, "options": {"time_limit": 5}},
+        "fixed-id": {"task": "t", "schedule": every, "options": {"task_id": "x"}},
+        "renamed": {"task": "t", "schedule": every, "options": {"headers": {"task": "other"}}},
+    }
+    caplog.set_level("ERROR", logger="beatsqlalchemy")
+    assert api.install_config_schedule(session, entries) == (1, 0)
+    assert session.scalars(select(PeriodicTask.name)).all() == ["good"]
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "'fixed-id' is invalid" in logged and "'task_id' is not an option" in logged
+    assert "'renamed' is invalid" in logged and "reserved key 'task'" in logged
