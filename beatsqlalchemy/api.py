@@ -23,13 +23,10 @@ from . import schedules as sched
 from .config import BeatConfig
 from .db import get_engine, prepare_write, session_factory
 from .exceptions import TaskNotFound, ValidationError
+from .message_options import OPTION_COLUMNS, check_headers, check_options
 from .migrate import ensure_schema
-from .models import (
-    CONFIG_SOURCE as CONFIG_SOURCE,
-)
-from .models import (
-    DATABASE_SOURCE as DATABASE_SOURCE,
-)
+from .models import CONFIG_SOURCE as CONFIG_SOURCE  # re-exported: part of the api
+from .models import DATABASE_SOURCE as DATABASE_SOURCE
 from .models import (
     SCHEDULE_KINDS,
     PeriodicTask,
@@ -42,8 +39,6 @@ from .models import (
 
 logger = logging.getLogger(__name__)
 
-#: apply_async options that have a column of their own
-OPTION_COLUMNS = ("queue", "exchange", "routing_key", "priority", "headers")
 
 
 def engine_for(app: Celery) -> Engine:
@@ -401,6 +396,7 @@ def send_options(task: PeriodicTask) -> dict[str, Any]:
     """The ``apply_async`` options of a task, validated (as beat sends them)."""
     extra = task.extra_options
     options: dict[str, Any] = dict(as_json("extra_options", extra, dict)) if extra is not None else {}
+    check_options(options)
     for key in ("queue", "exchange", "routing_key"):
         value = getattr(task, key)
         if value:
@@ -412,6 +408,7 @@ def send_options(task: PeriodicTask) -> dict[str, Any]:
     elif task.expire_seconds is not None:
         options["expires"] = task.expire_seconds
     options["headers"] = dict(as_json("headers", task.headers or {}, dict))
+    check_headers(options["headers"])
     return options
 
 

@@ -8,13 +8,24 @@ publishes through ``beatsqlalchemy.redis_push_once``, which pushes a run only if
 has not had the run's task id within ``beat_sqlalchemy_broker_dedup_seconds``. A kombu
 publish retried after a lost reply finds its own first push, too. Other brokers get the
 app's connection; ``RunOnceTask`` on the workers covers them.
+
+A run routed to an exchange no queue is bound to (for its routing key) is dropped by the
+broker, while the broker accepted it: beat says so (``report_unrouted``), once per task
+and route. On Redis beat's channel sees that kombu found no queue for it; on AMQP beat
+publishes with the ``mandatory`` flag and reads the runs the broker hands back.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+from typing import Any
+
 from celery import Celery
 from kombu import transport as kombu_transports
 from kombu.connection import Connection
+
+logger = logging.getLogger(__name__)
 
 #: the transport option that carries the dedup period (milliseconds) to the channel
 TTL_OPTION = "beatsqlalchemy_dedup_ms"
@@ -31,10 +42,12 @@ def beat_connection(app: Celery, dedup_seconds: float) -> Connection:
     """The connection beat publishes on: the app's, with the push-once transport where the
     broker is Redis (or Sentinel) and ``dedup_seconds`` is not 0."""
     connection: Connection = app.connection_for_write()
-    push_once = PUSH_ONCE.get(_transport_name(connection)) if dedup_seconds > 0 else None
+    push_once = PUSH_ONCE.get(_transport_name(connection))
     if push_once is None:
         return connection
-    options = {**(connection.transport_options or {}), TTL_OPTION: max(int(dedup_seconds * 1000), 1)}
+    # with no dedup period the channel pushes as kombu does, and still reports unrouted runs
+    ttl = max(int(dedup_seconds * 1000), 1) if dedup_seconds > 0 else 0
+    options = {**(connection.transport_options or {}), TTL_OPTION: ttl}
     clone: Connection = connection.clone(  # type: ignore[no-untyped-call]
         transport=push_once, transport_options=options)
     return clone
@@ -42,7 +55,35 @@ def beat_connection(app: Celery, dedup_seconds: float) -> Connection:
 
 def pushes_once(connection: Connection) -> bool:
     """Whether ``connection`` pushes each beat run at most once."""
-    return _transport_name(connection) in PUSH_ONCE.values()
+    return (_transport_name(connection) in PUSH_ONCE.values()
+            and bool((connection.transport_options or {}).get(TTL_OPTION)))
+
+
+def returns_unrouted(connection: Connection) -> bool:
+    """Whether the broker hands back a message no queue took when it is published with
+    the ``mandatory`` flag (AMQP through py-amqp)."""
+    return _transport_name(connection).startswith("kombu.transport.pyamqp:")
+
+
+#: the (task, exchange, routing key) of unrouted runs reported already
+_REPORTED: set[tuple[str, str, str]] = set()
+#: reported routes remembered at most (then they are forgotten and may be said again)
+REPORTED_MAX = 10_000
+
+
+def report_unrouted(headers: Mapping[str, Any], exchange: str, routing_key: str, reason: str) -> None:
+    """Log that the broker dropped a beat run no queue took, once per task and route."""
+    key = (str(headers.get("task")), str(exchange), str(routing_key))
+    if key in _REPORTED:
+        return
+    if len(_REPORTED) >= REPORTED_MAX:
+        _REPORTED.clear()
+    _REPORTED.add(key)
+    logger.warning(
+        "beat: the broker dropped run %s (%s): no queue is bound to exchange %r with routing key %r "
+        "(%s); the run log says sent. Bind a queue or fix the task's exchange/routing_key (said once "
+        "per task and route)", headers.get("id"), key[0], exchange, routing_key, reason,
+    )
 
 
 def _transport_name(connection: Connection) -> str:

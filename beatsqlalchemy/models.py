@@ -47,6 +47,7 @@ from sqlalchemy.types import TypeDecorator
 from . import schedules as sched
 from .db import prepare_write
 from .exceptions import ValidationError
+from .message_options import check_headers, check_options
 from .runids import DEPLOYMENT_TABLE, KEY_LENGTH, new_key, random_key
 
 NAMING_CONVENTION = {
@@ -783,13 +784,23 @@ class PeriodicTask(Base):
     def _args(self, _key: str, value: Any) -> list[Any]:
         return as_json("args", [] if value is None else value, list)  # type: ignore[no-any-return]
 
-    @validates("kwargs", "headers")
+    @validates("kwargs")
     def _object(self, key: str, value: Any) -> dict[str, Any]:
         return as_json(key, {} if value is None else value, dict)  # type: ignore[no-any-return]
 
+    @validates("headers")
+    def _headers(self, key: str, value: Any) -> dict[str, Any]:
+        headers: dict[str, Any] = as_json(key, {} if value is None else value, dict)
+        check_headers(headers)
+        return headers
+
     @validates("extra_options")
     def _extra_options(self, key: str, value: Any) -> dict[str, Any] | None:
-        return None if value is None else as_json(key, value, dict)  # type: ignore[no-any-return]
+        if value is None:
+            return None
+        options: dict[str, Any] = as_json(key, value, dict)
+        check_options(options)
+        return options
 
     @validates("priority")
     def _priority(self, key: str, value: Any) -> int | None:

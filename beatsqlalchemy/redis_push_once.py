@@ -15,7 +15,7 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from kombu.utils import json as kombu_json
 
-from .broker import TTL_OPTION
+from .broker import TTL_OPTION, report_unrouted
 from .store import BEAT_HEADER
 
 logger = logging.getLogger(__name__)
@@ -43,8 +43,24 @@ class _PushOnce:
 
     #: how long a pushed run's task id is remembered (milliseconds; a transport option)
     beatsqlalchemy_dedup_ms = 0
+    #: pushes made by the publish under way (see ``basic_publish``)
+    _pushes = 0
+
+    def basic_publish(self, message: dict[str, Any], exchange: str, routing_key: str, **kwargs: Any) -> Any:
+        """Publish as kombu does; a beat run sent to a named (not fanout) exchange that
+        reached no queue, which kombu drops without a word, is reported."""
+        channel: Any = self
+        headers = message.get("headers") or {}
+        if not exchange or not headers.get(BEAT_HEADER) or channel.typeof(exchange).type == "fanout":
+            return super().basic_publish(message, exchange, routing_key, **kwargs)  # type: ignore[misc]
+        self._pushes = 0
+        published = super().basic_publish(message, exchange, routing_key, **kwargs)  # type: ignore[misc]
+        if not self._pushes:
+            report_unrouted(headers, exchange, routing_key, "Redis: no binding")
+        return published
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        self._pushes += 1
         headers = message.get("headers") or {}
         task_id = headers.get("id")
         if (not task_id or not headers.get(BEAT_HEADER) or not self.beatsqlalchemy_dedup_ms

@@ -19,13 +19,14 @@ from celery import Celery
 from celery.beat import Scheduler
 from celery.schedules import BaseSchedule
 from kombu.connection import Connection
+from kombu.messaging import Producer
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import SingletonThreadPool
 
 from . import api
 from . import schedules as sched
-from .broker import beat_connection, pushes_once
+from .broker import REPORTED_MAX, beat_connection, pushes_once, report_unrouted, returns_unrouted
 from .config import BeatConfig
 from .db import get_engine, redact, session_factory
 from .exceptions import SchemaNotReady
@@ -43,6 +44,9 @@ MAX_RETRY_DELAY = 1.0
 
 #: how long one tick goes on sending due runs before it syncs or yields to a shutdown
 SEND_SPELL = 1.0
+
+#: most runs handed back by the broker read after one batch (the rest at the next)
+MAX_RETURNS_READ = 100
 
 #: ``celery beat`` raises SystemExit from its handlers of these, wherever the process is
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -168,6 +172,8 @@ class DatabaseScheduler(Scheduler):
         self._outage_since: float | None = None
         self._retry_delay = 0.0
         self._bad_rows: dict[str, str] = {}
+        #: why the broker closed beat's channel, as said in the log (see ``_renew_channel``)
+        self._channel_closures: set[str] = set()
         self._next_prune = 0.0
         #: runs the broker accepted whose "sent" could not be recorded yet: (run ids, token)
         self._unrecorded: list[tuple[list[int], str]] = []
@@ -205,6 +211,56 @@ class DatabaseScheduler(Scheduler):
         """The broker connection runs are published on; on Redis each run is pushed once
         (see ``beatsqlalchemy.broker``). Celery's ``close`` releases it."""
         return beat_connection(self.app, self.config.broker_dedup_seconds)
+
+    @cached_property
+    def _returns(self) -> bool:
+        """Whether runs are published with AMQP's ``mandatory`` flag, so that the broker
+        hands back those no queue took (read after each batch: ``_read_returns``)."""
+        return returns_unrouted(self.connection)
+
+    @cached_property
+    def producer(self) -> Producer:
+        """Celery's producer; on AMQP on a channel of its own, which ``_renew_channel``
+        replaces when the broker closes it."""
+        connection = self._ensure_connected()
+        if not self._returns:
+            return self.Producer(connection, auto_declare=False)  # type: ignore[no-any-return]
+        producer: Producer = self.Producer(connection.channel(), auto_declare=False, on_return=self._returned)
+        return producer
+
+    def _renew_channel(self, exc: BaseException) -> None:
+        """Publish on a new channel from now on: on AMQP the broker closes a channel on
+        which a message named an exchange that does not exist, and the next publish on
+        it fails, whichever task it is for."""
+        reason = str(exc)
+        if reason not in self._channel_closures:
+            if len(self._channel_closures) >= REPORTED_MAX:
+                self._channel_closures.clear()
+            self._channel_closures.add(reason)
+            logger.warning("beat: the broker closed beat's channel: %s; publishing on a new channel "
+                           "(said once per reason)", reason)
+        producer = self.__dict__.pop("producer", None)
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                producer.channel.close()
+
+    @staticmethod
+    def _returned(exc: BaseException, exchange: str, routing_key: str, message: Any) -> None:
+        report_unrouted(message.headers or {}, exchange, routing_key, f"AMQP: {exc}")
+
+    def _read_returns(self) -> None:
+        """Read, without waiting, what the broker sent back on beat's connection: runs it
+        could not route (see ``_returned``), or the error of a publish it refused."""
+        try:
+            for _ in range(MAX_RETURNS_READ):
+                self.connection.drain_events(timeout=0)  # type: ignore[no-untyped-call]
+        except (TimeoutError, BlockingIOError):
+            pass
+        except Exception as exc:  # a broker error must not stop beat
+            if isinstance(exc, self.connection.channel_errors):  # an exchange that does not exist
+                self._renew_channel(exc)
+            else:  # the connection: the next publish reconnects, or says why it cannot
+                logger.warning("beat: could not read the broker's replies: %s", exc)
 
     def should_sync(self) -> bool:
         return False  # run state is written when each run is claimed
@@ -460,6 +516,8 @@ class DatabaseScheduler(Scheduler):
                 sent.append(run.run_id)
         if not sent:
             return
+        if self._returns:
+            self._read_returns()
         if self._recording is None:
             self._recorded(sent, token, self._db.inline(self.store.mark_sent, sent, sched.utcnow(), token))
         else:  # in the database thread while the next batch is sent; checked before returning
@@ -476,19 +534,28 @@ class DatabaseScheduler(Scheduler):
 
     def _send(self, run: Run) -> bool:
         logger.info("Scheduler: Sending due task %s (%s)", run.name, run.task)
-        task = self.app.tasks.get(run.task)
         try:
-            if task is not None:
-                task.apply_async(run.args, run.kwargs, producer=self.producer,
-                                 task_id=run.task_id, **run.options)
-            else:
-                self.app.send_task(run.task, run.args, run.kwargs, producer=self.producer,
-                                   task_id=run.task_id, **run.options)
+            try:
+                self._apply(run)
+            except Exception as exc:
+                if not (self._returns and isinstance(exc, self.connection.channel_errors)):
+                    raise
+                self._renew_channel(exc)  # the broker closed the channel over an earlier run
+                self._apply(run)
         except Exception as exc:  # a broker error must not stop beat
             logger.error("beat: could not send %s (%s) for %s: %s", run.name, run.task,
                          run.slot.isoformat(), exc, exc_info=True)
             return False
         return True
+
+    def _apply(self, run: Run) -> None:
+        task = self.app.tasks.get(run.task)
+        options = {**run.options, "mandatory": True} if self._returns else run.options
+        if task is not None:
+            task.apply_async(run.args, run.kwargs, producer=self.producer, task_id=run.task_id, **options)
+        else:
+            self.app.send_task(run.task, run.args, run.kwargs, producer=self.producer,
+                               task_id=run.task_id, **options)
 
     # -- health -----------------------------------------------------------------
 

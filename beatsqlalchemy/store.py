@@ -39,6 +39,8 @@ from sqlalchemy.types import NullType
 from . import schedules as sched
 from .db import begin_write, outside_transaction
 from .exceptions import ValidationError
+from .message_options import BEAT_HEADER as BEAT_HEADER  # re-exported: worker and broker read it here
+from .message_options import check_headers, check_options
 from .models import (
     ROW_ERRORS,
     SCHEDULE_KINDS,
@@ -112,8 +114,6 @@ def _window_statement() -> Any:
 
 
 CLAIMED, SENT, ABANDONED, SKIPPED = "claimed", "sent", "abandoned", "skipped"
-#: the header beat puts on every run it publishes (RunOnceTask checks only those)
-BEAT_HEADER = "celery_beat_task"
 #: the near window plus probes for flagged tasks and the oldest unconfirmed claim, built once
 _WINDOW = _window_statement()
 #: the latest time a ``next_run_at`` can hold and beat read
@@ -676,7 +676,11 @@ def _parse_payload(row: TaskRow) -> tuple[list[Any], dict[str, Any], dict[str, A
     args = _loads("args", row.args, list, [])
     kwargs = _loads("kwargs", row.kwargs, dict, {})
     headers = _loads("headers", row.headers, dict, {})
+    if headers:  # a row written with plain SQL: nothing it holds may set Celery's own fields
+        check_headers(headers)
     options: dict[str, Any] = dict(_loads("extra_options", row.extra_options, dict, {}))
+    if options:
+        check_options(options)
     if row.queue:
         options["queue"] = as_name("queue", row.queue)
     if row.exchange:

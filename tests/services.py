@@ -29,3 +29,15 @@ def flushed_redis(url: str) -> str:
     finally:
         client.close()
     return url
+
+
+def reachable_amqp(url: str) -> str:
+    """``url``; unavailable() when RabbitMQ does not answer."""
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=5) as connection:
+            connection.ensure_connection(max_retries=1)
+    except Exception as exc:
+        unavailable(f"RabbitMQ at {url} is unavailable: {exc}")
+    return url

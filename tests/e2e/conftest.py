@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from e2e_harness import Cluster, Processes
-from services import flushed_redis, unavailable
+from services import flushed_redis, reachable_amqp
 
 REDIS_URL = os.environ.get("BEAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 AMQP_URL = os.environ.get("BEAT_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -33,14 +33,7 @@ def redis_url() -> str:
 @pytest.fixture
 def amqp_url() -> Iterator[str]:
     """The RabbitMQ broker URL."""
-    from kombu import Connection
-
-    try:
-        with Connection(AMQP_URL, connect_timeout=5) as connection:
-            connection.ensure_connection(max_retries=1)
-    except Exception as exc:
-        unavailable(f"RabbitMQ at {AMQP_URL} is unavailable: {exc}")
-    yield AMQP_URL
+    yield reachable_amqp(AMQP_URL)
 
 
 @pytest.fixture
