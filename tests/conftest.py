@@ -1,91 +1,27 @@
 """Shared fixtures: one suite parametrised over SQLite, PostgreSQL and MySQL/MariaDB.
 
-Server URLs come from ``BEAT_TEST_POSTGRESQL_URL`` / ``BEAT_TEST_MYSQL_URL`` (defaults:
-the local servers). Each test run creates its own databases and drops them at the end.
-A server that cannot be reached skips its tests, except under ``CI=true``, where it fails.
+The databases themselves are made by ``databases.py`` (server URLs from
+``BEAT_TEST_POSTGRESQL_URL`` / ``BEAT_TEST_MYSQL_URL``); each test run creates its own and
+drops them at the end. A server that cannot be reached skips its tests, except under
+``CI=true``, where it fails.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from celery import Celery
 from celery import _state as celery_state
-from services import unavailable
-from sqlalchemy import Engine, create_engine, delete, text
-from sqlalchemy.engine import make_url
+from databases import BACKENDS, assert_no_leaks, clear_tables, drop_all, new_database
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from beatsqlalchemy import db, migrate
-from beatsqlalchemy.models import Base
-from beatsqlalchemy.runids import DEPLOYMENT_TABLE
-
-SERVER_URLS = {
-    "postgresql": os.environ.get("BEAT_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
-    "mysql": os.environ.get("BEAT_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
-}
-BACKENDS = ("sqlite", "postgresql", "mysql")
-RUN_ID = uuid.uuid4().hex[:8]
-
-
-
-class ServerDatabases:
-    """Creates throw-away databases on a server and drops them at the end of the run."""
-
-    def __init__(self, backend: str) -> None:
-        self.backend = backend
-        self.admin_url = make_url(SERVER_URLS[backend])
-        self.created: list[str] = []
-        self._admin: Engine | None = None
-
-    def admin(self) -> Engine:
-        if self._admin is None:
-            self._admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        return self._admin
-
-    def create(self, label: str) -> str:
-        name = f"bsa_{label}_{RUN_ID}_{len(self.created)}"
-        with self.admin().connect() as connection:
-            connection.execute(text(f"CREATE DATABASE {name}"))
-        self.created.append(name)
-        return self.admin_url.set(database=name).render_as_string(hide_password=False)
-
-    def drop_all(self) -> None:
-        if self._admin is None:
-            return
-        db.dispose_all()
-        with self._admin.connect() as connection:
-            for name in self.created:
-                if self.backend == "postgresql":
-                    connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                else:
-                    connection.execute(text(f"DROP DATABASE IF EXISTS {name}"))
-        self._admin.dispose()
-
-
-_servers: dict[str, ServerDatabases] = {}
-
-
-def new_database(backend: str, label: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The URL of a new, empty database on ``backend``."""
-    if backend == "sqlite":
-        path: Path = tmp_path_factory.mktemp(label) / "beat.sqlite3"
-        return f"sqlite:///{path}"
-    server = _servers.setdefault(backend, ServerDatabases(backend))
-    try:
-        return server.create(label)
-    except Exception as exc:  # the server is not there
-        unavailable(f"{backend} at {db.redact(str(server.admin_url))} is unavailable: {exc}")
-        raise
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    for server in _servers.values():
-        server.drop_all()
+    drop_all()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -138,17 +74,3 @@ def app(db_url: str) -> Iterator[Celery]:
     yield celery_app
     celery_app.close()
     celery_state._set_current_app(previous)
-
-
-def clear_tables(engine: Engine) -> None:
-    """Delete every row of our tables, children first (the deployment id stays)."""
-    with engine.begin() as connection:
-        for table in reversed(Base.metadata.sorted_tables):
-            if table.name != DEPLOYMENT_TABLE:
-                connection.execute(delete(table))
-
-
-def assert_no_leaks(engine: Engine) -> None:
-    """Every pooled connection has been returned."""
-    checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
-    assert checked_out == 0, f"{checked_out} connection(s) were not returned to the pool"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from conftest import new_database
+from databases import new_database
 from run_ids import task_id_of
 from services import flushed_redis
 from sqlalchemy import Engine, create_engine, delete, event, select, text, update

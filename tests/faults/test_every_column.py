@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 import pytest
-from conftest import clear_tables
+from databases import clear_tables
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
