@@ -51,6 +51,8 @@ class BeatConfig:
     cron_starting_deadline: float | None = None
     #: on a Redis broker: how long a pushed run's task id is kept to refuse a second copy; 0: off
     broker_dedup_seconds: float = 600.0
+    #: beat's (and run-once workers') database calls: no answer within this is an outage; 0: no bound
+    database_timeout: float = 5.0
 
     @classmethod
     def from_app(cls, app: Any) -> BeatConfig:
@@ -80,6 +82,7 @@ class BeatConfig:
                 else _positive(conf, "beat_cron_starting_deadline", 0.0)
             ),
             broker_dedup_seconds=_positive(conf, "beat_sqlalchemy_broker_dedup_seconds", 600.0, zero=True),
+            database_timeout=_positive(conf, "beat_sqlalchemy_database_timeout", 5.0, zero=True),
         )
         app._beatsqlalchemy_config = config
         return config

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, column, inspect, select, table
 
-from .db import begin_write, redact
+from .db import begin_write, redact, unbounded
 from .exceptions import SchemaNotReady
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ def _run(engine: Engine, verb: str, revision: str) -> None:
 
     config = alembic_config()
     with begin_write(engine) as connection:
+        unbounded(connection)
         config.attributes["connection"] = connection
         getattr(command, verb)(config, revision)
     with _lock:

@@ -213,6 +213,43 @@ def test_a_one_minute_outage_is_logged_once_caught_up_once_and_never_sends_twice
     check(cut_while_running([beat_behind_proxy(backend) for backend in BACKENDS], 62, fault_table))
 
 
+#: beat logs a database that stopped answering within this long (the issue's bar)
+SILENCE_NOTICED_BOUND = 10.0
+
+
+def test_a_15s_partition_is_noticed_within_10s_logged_once_and_never_sends_twice(
+    beat_behind_proxy: MakeBeat, fault_table: Table,
+) -> None:
+    """The proxy stops forwarding, both ways, without closing or refusing anything, for
+    15 s: beat's calls wait for answers that never come. With the default
+    ``beat_sqlalchemy_database_timeout`` (5 s), that is an outage like any other."""
+    beats = [beat_behind_proxy(backend) for backend in BACKENDS]
+    for beat in beats:
+        beat.create_tasks(TASKS)
+        beat.start()
+    for beat in beats:
+        beat.wait_steady()
+    cuts = [beat.proxy.partition() for beat in beats]
+    noticed = [beat.wait_log(OUTAGE_START, timeout=SILENCE_NOTICED_BOUND + 5) for beat in beats]
+    time.sleep(max(0.0, max(cuts) + 15 - time.time()))
+    back = {}
+    for beat in beats:
+        assert beat.beat is not None and beat.beat.alive(), f"{beat.backend}: beat died during the partition"
+        back[id(beat)] = beat.proxy.resume()
+    for beat in beats:
+        beat.reader.wait(1, timeout=40, since=back[id(beat)], what=f"{beat.backend} runs after the partition")
+    time.sleep(5)
+    results = []
+    for beat, cut, seen in zip(beats, cuts, noticed, strict=True):
+        result = outcome(beat, "partition 15 s while running (nothing answered)", cut, back[id(beat)], seen)
+        fault_table.append(result.row())
+        results.append(result)
+    late = [f"{r.backend}: noticed {r.noticed - r.cut:.2f}s after the database went silent"
+            for r in results if r.noticed is not None and r.noticed - r.cut > SILENCE_NOTICED_BOUND]
+    assert late == [], "; ".join(late) + "\n" + "\n".join(r.summary() for r in results)
+    check(results)
+
+
 # -- an outage at start-up --------------------------------------------------------------------
 
 def test_beat_started_while_the_database_is_down_waits_retries_with_backoff_and_starts(
