@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import uuid
 from dataclasses import dataclass, field
@@ -12,6 +13,17 @@ DEFAULT_URL = "sqlite:///celerybeat-schedule.sqlite3"
 URL_ENV = "BEAT_SQLALCHEMY_URL"
 #: Older spellings of ``beat_sqlalchemy_url`` accepted for compatibility.
 URL_ALIASES = ("beat_sqlalchemy_url", "BEAT_SQLALCHEMY_URL", "BEAT_SQLAlchemy_URL")
+
+
+def hide_urls_in_celery_reports() -> None:
+    """Make Celery mask our URL settings, in every spelling, wherever it shows the
+    configuration (``celery report``, ``celery inspect conf``): it masks the values of
+    setting names matching its ``HIDDEN_SETTINGS`` pattern, which names none of ours."""
+    from celery.app import utils
+
+    hidden = utils.HIDDEN_SETTINGS
+    if not all(hidden.search(key) for key in URL_ALIASES):
+        utils.HIDDEN_SETTINGS = re.compile(f"{hidden.pattern}|SQLALCHEMY_URL", hidden.flags | re.IGNORECASE)
 
 
 def default_identity() -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -22,21 +23,44 @@ _lock = threading.Lock()
 _engines: dict[tuple[int, str, str, float | None, float | None], Engine] = {}
 
 
-#: query-string keys whose values are masked too (``?password=``, ``?sslpassword=``, ...)
-_SECRET_WORDS = ("pass", "pwd", "secret", "token")
+#: query-string values masked too (``?password=``, ``?sslpassword=``, ``&token=``, ...)
+_QUERY_SECRET = re.compile(r"([?&;][^=&#?;]*?(?:pass|pwd|secret|token)[^=&#?;]*=)[^&;]*", re.IGNORECASE)
 
 
-def redact(url: str) -> str:
-    """The URL with its password, and secret-looking query values, masked."""
+def redact(url: str, mask: str = "***") -> str:
+    """The URL with its password, and secret-looking query values, replaced by ``mask``.
+    Read from the text, not parsed: a password holding characters a URL reserves (an
+    unencoded ``@``, ``:``, ``/``, ``#``, ``?``, a space) is masked whole, never in part.
+    The password ends at the last ``@`` (a host name has none)."""
+    url = str(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme:
+        return "<unparsable database URL>"
+    masked = _QUERY_SECRET.sub(lambda m: m.group(1) + mask, rest)
+    at = masked.rfind("@")
+    if at < 0:
+        return f"{scheme}://***" if "@" in rest else f"{scheme}://{masked}"
+    user, colon, _ = masked[:at].partition(":")
+    if not colon or "/" in user:  # no password (a user alone, or an ``@`` in a file path)
+        return f"{scheme}://{masked}"
+    return f"{scheme}://{user}:{mask}@{masked[at + 1:]}"
+
+
+def parse_url(url: str) -> URL:
+    """``url`` parsed, or a ValidationError showing it redacted: SQLAlchemy's own error
+    repeats the URL, password included, and an unencoded ``@`` in a password would
+    otherwise reach the driver as part of the host name (and its error messages)."""
+    from .exceptions import ValidationError
+
     try:
         parsed = make_url(url)
-        query = {
-            key: "***" if any(word in key.lower() for word in _SECRET_WORDS) else value
-            for key, value in parsed.query.items()
-        }
-        return parsed.set(query=query).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL: show nothing that may be secret
-        return "<unparsable database URL>"
+    except Exception:
+        raise ValidationError("url", redact(url), "not a database URL "
+                              "(dialect+driver://user:password@host:port/database)") from None
+    if "@" in (parsed.host or ""):
+        raise ValidationError("url", redact(url), "the user name or password holds an unencoded '@': "
+                              "percent-encode it (@ as %40; urllib.parse.quote(password, safe=''))")
+    return parsed
 
 
 def get_engine(
@@ -86,7 +110,7 @@ def sqlite_in_memory(url: URL) -> bool:
 
 
 def _create(url: str, options: dict[str, Any], answer_timeout: float | None = None) -> Engine:
-    parsed = make_url(url)
+    parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         options.setdefault("pool_pre_ping", True)
         connect_args = options.setdefault("connect_args", {})

@@ -94,7 +94,8 @@ def ensure_schema(engine: Engine, create: bool | None = None) -> None:
         if create is None:
             create = engine.dialect.name == "sqlite"
         if not create:
-            raise SchemaNotReady(redact(engine.url.render_as_string(hide_password=False)), current, head)
+            url = engine.url.render_as_string(hide_password=False)
+            raise SchemaNotReady(redact(url), current, head, redact(url, mask="<password>"))
         upgrade(engine)
     with _lock:
         _checked.add(engine)
