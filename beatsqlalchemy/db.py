@@ -238,8 +238,6 @@ class Deadlines:
                 self._thread = threading.Thread(target=self._watch, name="beat-database-deadlines",
                                                 daemon=True)
                 self._thread.start()
-            if not self._running:
-                self._wake.notify()  # it sleeps until a deadline exists
             self._cut.discard(id(dbapi_connection))
             self._running[id(dbapi_connection)] = (time.monotonic() + self.seconds, dbapi_connection)
 
@@ -271,8 +269,10 @@ class Deadlines:
                     _, dbapi_connection = self._running.pop(key)
                     self._cut.add(key)
                     _shut_down(dbapi_connection)
+                # not woken by a checkout (that would cost each one a thread switch): with
+                # nothing to watch it looks again a quarter of the bound later
                 upcoming = [deadline for deadline, _ in self._running.values()]
-                self._wake.wait(min(upcoming) - now if upcoming else None)
+                self._wake.wait(min(upcoming) - now if upcoming else self.seconds / 4)
 
 
 _deadlines: weakref.WeakKeyDictionary[Engine, Deadlines] = weakref.WeakKeyDictionary()
