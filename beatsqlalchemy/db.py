@@ -55,8 +55,9 @@ def parse_url(url: str) -> URL:
     try:
         parsed = make_url(url)
     except Exception:
-        raise ValidationError("url", redact(url), "not a database URL "
-                              "(dialect+driver://user:password@host:port/database)") from None
+        raise ValidationError("url", redact(url), "not a database URL (dialect+driver://user:password"
+                              "@host:port/database, any of @:/#?% or a space in the password "
+                              "percent-encoded: urllib.parse.quote(password, safe=''))") from None
     if "@" in (parsed.host or ""):
         raise ValidationError("url", redact(url), "the user name or password holds an unencoded '@': "
                               "percent-encode it (@ as %40; urllib.parse.quote(password, safe=''))")

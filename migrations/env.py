@@ -7,6 +7,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from beatsqlalchemy.config import DEFAULT_URL, URL_ENV
+from beatsqlalchemy.db import parse_url
 from beatsqlalchemy.migrate import VERSION_TABLE
 from beatsqlalchemy.models import Base
 
@@ -35,7 +36,7 @@ def _configure(**kwargs: object) -> None:
 
 
 def run_offline() -> None:
-    _configure(url=_url(), literal_binds=True)
+    _configure(url=parse_url(_url()), literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -47,7 +48,7 @@ def run_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = create_engine(_url(), poolclass=pool.NullPool)
+    engine = create_engine(parse_url(_url()), poolclass=pool.NullPool)  # errors show the URL redacted
     with engine.connect() as connection:
         _configure(connection=connection)
         with context.begin_transaction():

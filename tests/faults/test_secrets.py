@@ -271,3 +271,14 @@ def test_read_commands_do_not_create_the_default_database_and_every_command_name
     assert listed.stderr == f"database: {note}\n", listed
     named = run([str(BIN / "beatsqlalchemy"), "--url", f"sqlite:///{default}", "list"], cwd=tmp_path, env=env)
     assert named.returncode == 0 and named.stderr == "", named
+
+
+@pytest.mark.parametrize("password", [TRICKY["at"], TRICKY["everything"]], ids=["at", "everything"])
+def test_alembic_never_shows_the_password(password: str) -> None:
+    """``alembic -x url=... current`` from a source checkout: refused, the URL redacted."""
+    root = Path(__file__).resolve().parents[2]
+    url = f"postgresql+psycopg://beat:{password}@127.0.0.1:5432/celery"
+    result = run([str(BIN / "alembic"), "-x", f"url={url}", "current"], cwd=root)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "percent-encode" in output, output
+    assert leaks(output) == [], output

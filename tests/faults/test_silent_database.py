@@ -92,6 +92,9 @@ def test_the_driver_timeouts_are_set_unless_the_user_set_them(
     mine = {name: 11 for name in driver_args}
     capture(db.get_engine(url, {"connect_args": mine}, answer_timeout=5))
     assert {k: seen[-1].get(k) for k in driver_args} == mine
+    query = "&".join(f"{name}=12" for name in driver_args)
+    capture(db.get_engine(f"{url}?{query}", answer_timeout=5))  # set in the URL: not overridden
+    assert {k: int(seen[-1].get(k)) for k in driver_args} == {name: 12 for name in driver_args}
     capture(db.get_engine(url))  # users' engines: untouched
     assert not set(driver_args) & set(seen[-1])
 
