@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, column, inspect, select, table
 
-from .db import begin_write, redact, unbounded
+from .db import begin_write, redact
+from .deadlines import unbounded
 from .exceptions import SchemaNotReady
 
 if TYPE_CHECKING:

@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from beatsqlalchemy import db, migrate
 from beatsqlalchemy.config import BeatConfig
+from beatsqlalchemy.deadlines import DatabaseTimeout
 from beatsqlalchemy.exceptions import ValidationError
 
 from .proxy import Proxy
@@ -48,7 +49,7 @@ def test_an_open_connection_and_a_new_one_fail_within_the_bound_and_work_again_a
         # the pooled connection (just used: no ping) waits for an answer that never comes
         took, error = _timed(engine)
         assert error is not None and took < BOUND + 1, (took, error)
-        assert isinstance(error.orig, db.DatabaseTimeout), repr(error)
+        assert isinstance(error.orig, DatabaseTimeout), repr(error)
         assert "did not answer within 1s" in str(error.orig)
         # a pooled connection idle long enough to be pinged first, then a new one
         time.sleep(db.IDLE_BEFORE_PING + 0.1)
