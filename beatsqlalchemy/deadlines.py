@@ -67,6 +67,8 @@ class Deadlines:
         self._pid = os.getpid()
         event.listen(engine, "checkout", self._on_checkout)
         event.listen(engine, "checkin", self._on_checkin)
+        # a detached connection (the change watch's) is its owner's, and may stay idle
+        event.listen(engine, "detach", self._on_checkin)
         event.listen(engine, "invalidate", self._on_invalidate)
         event.listen(engine, "handle_error", self._on_error, retval=True)
 

@@ -19,6 +19,7 @@ from beatsqlalchemy import db, migrate
 from beatsqlalchemy.config import BeatConfig
 from beatsqlalchemy.deadlines import DatabaseTimeout
 from beatsqlalchemy.exceptions import ValidationError
+from beatsqlalchemy.watch import watch_for
 
 from .proxy import Proxy
 
@@ -61,6 +62,19 @@ def test_an_open_connection_and_a_new_one_fail_within_the_bound_and_work_again_a
         proxy.resume()
     took, error = _timed(engine)
     assert error is None and time.monotonic() - resumed < 2, (took, error)
+
+
+def test_the_change_watch_connection_is_not_cut_while_it_waits(make_database: Callable[..., str]) -> None:
+    """The watch's LISTEN connection (detached from the pool) stays open for as long as
+    nothing changes: it is not a call waiting for an answer."""
+    engine = db.get_engine(make_database("postgresql"), answer_timeout=BOUND)
+    watch = watch_for(engine)
+    assert watch is not None and watch.arm()
+    try:
+        time.sleep(BOUND * 2.5)
+        assert watch.changed() is False and watch.armed
+    finally:
+        watch.close()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
