@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -184,28 +185,49 @@ class Context:
         except click.ClickException:
             return "<unknown>"
 
-    def engine(self) -> Engine:
-        """The engine, without checking the schema (for the migration commands)."""
+    def _default_database(self, url: str, read_only: bool) -> None:
+        """Nothing names a database: say which one is used (on stderr), and for a command
+        that only reads, refuse to create the default SQLite file."""
+        from .config import DEFAULT_URL, URL_ALIASES, URL_ENV
+
+        app = self.app()
+        named = self._url or os.environ.get(URL_ENV) or (
+            app is not None and any(app.conf.get(key) for key in URL_ALIASES))
+        if named or url != DEFAULT_URL:
+            return
+        path = os.path.abspath(url.removeprefix("sqlite:///"))
+        how = "the default: set --url, -A or BEAT_SQLALCHEMY_URL"
+        if read_only and not os.path.exists(path):
+            raise Failure(f"no database at sqlite:///{path} ({how}); nothing was created")
+        click.echo(f"database: sqlite:///{path} ({how})", err=True)
+
+    def engine(self, read_only: bool = False) -> Engine:
+        """The engine, without checking the schema (for the migration commands); with
+        ``read_only``, a default database that does not exist is not created."""
         if self._engine is None:
             from .db import get_engine
 
             url, options = self.url()
+            self._default_database(url, read_only)
             try:
                 self._engine = get_engine(url, options)
-            except Exception as exc:  # an unparsable URL or a missing driver
+            except ValidationError as exc:  # names the URL, redacted
+                raise InputError(str(exc)) from None
+            except Exception as exc:  # a missing driver
                 from .db import redact
 
                 raise InputError(f"url: invalid value {redact(url)!r}: {exc}") from None
         return self._engine
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session on a database whose schema is current (created on SQLite)."""
+    def session(self, read_only: bool = False) -> Iterator[Session]:
+        """A session on a database whose schema is current (created on SQLite, unless
+        ``read_only`` and the default database does not exist)."""
         from .db import session_factory
         from .migrate import ensure_schema
         from .schedules import in_app_timezone
 
-        engine = self.engine()
+        engine = self.engine(read_only)
         config = self.config()
         ensure_schema(engine, config.create_schema if config is not None and not self._url else None)
         # a crontab given without a timezone takes the app's (UTC without -A)
@@ -379,7 +401,7 @@ def current(obj: Context) -> None:
     """
     from . import migrate
 
-    engine = obj.engine()
+    engine = obj.engine(read_only=True)
     click.echo(f"current: {migrate.current_revision(engine) or 'none'}")
     click.echo(f"head:    {migrate.head_revision()}")
 
@@ -411,7 +433,7 @@ def list_(obj: Context, enabled: bool | None, task_name: str | None, pattern: st
     """
     from . import api, describe
 
-    with obj.session() as session:
+    with obj.session(read_only=True) as session:
         tasks = api.list_tasks(session, enabled=enabled, task=task_name, name=pattern, limit=limit,
                                offset=offset, page=page, size=size)
         if as_json:
@@ -446,7 +468,7 @@ def show(obj: Context, name: str, as_json: bool) -> None:
     """
     from . import api
 
-    with obj.session() as session:
+    with obj.session(read_only=True) as session:
         task = api.get_task(session, name)
         data = _task_json(session, task)
         recent = api.runs(session, name=name, limit=5)
@@ -857,7 +879,7 @@ def export_(obj: Context) -> None:
     """
     from . import api
 
-    with obj.session() as session:
+    with obj.session(read_only=True) as session:
         _echo_json(api.export_tasks(session))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import uuid
 from dataclasses import dataclass, field
@@ -12,6 +13,17 @@ DEFAULT_URL = "sqlite:///celerybeat-schedule.sqlite3"
 URL_ENV = "BEAT_SQLALCHEMY_URL"
 #: Older spellings of ``beat_sqlalchemy_url`` accepted for compatibility.
 URL_ALIASES = ("beat_sqlalchemy_url", "BEAT_SQLALCHEMY_URL", "BEAT_SQLAlchemy_URL")
+
+
+def hide_urls_in_celery_reports() -> None:
+    """Make Celery mask our URL settings, in every spelling, wherever it shows the
+    configuration (``celery report``, ``celery inspect conf``): it masks the values of
+    setting names matching its ``HIDDEN_SETTINGS`` pattern, which names none of ours."""
+    from celery.app import utils
+
+    hidden = utils.HIDDEN_SETTINGS
+    if not all(hidden.search(key) for key in URL_ALIASES):
+        utils.HIDDEN_SETTINGS = re.compile(f"{hidden.pattern}|SQLALCHEMY_URL", hidden.flags | re.IGNORECASE)
 
 
 def default_identity() -> str:
@@ -51,6 +63,8 @@ class BeatConfig:
     cron_starting_deadline: float | None = None
     #: on a Redis broker: how long a pushed run's task id is kept to refuse a second copy; 0: off
     broker_dedup_seconds: float = 600.0
+    #: beat's (and run-once workers') database calls: no answer within this is an outage; 0: no bound
+    database_timeout: float = 5.0
 
     @classmethod
     def from_app(cls, app: Any) -> BeatConfig:
@@ -80,6 +94,7 @@ class BeatConfig:
                 else _positive(conf, "beat_cron_starting_deadline", 0.0)
             ),
             broker_dedup_seconds=_positive(conf, "beat_sqlalchemy_broker_dedup_seconds", 600.0, zero=True),
+            database_timeout=_positive(conf, "beat_sqlalchemy_database_timeout", 5.0, zero=True),
         )
         app._beatsqlalchemy_config = config
         return config

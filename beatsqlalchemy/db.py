@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -14,39 +15,68 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from .deadlines import Deadlines, registry, set_connect_timeouts
+
 _lock = threading.Lock()
-_engines: dict[tuple[int, str, str, float | None], Engine] = {}
+_engines: dict[tuple[int, str, str, float | None, float | None], Engine] = {}
 
 
-#: query-string keys whose values are masked too (``?password=``, ``?sslpassword=``, ...)
-_SECRET_WORDS = ("pass", "pwd", "secret", "token")
+#: query-string values masked too (``?password=``, ``?sslpassword=``, ``&token=``, ...)
+_QUERY_SECRET = re.compile(r"([?&;][^=&#?;]*?(?:pass|pwd|secret|token)[^=&#?;]*=)[^&;]*", re.IGNORECASE)
 
 
-def redact(url: str) -> str:
-    """The URL with its password, and secret-looking query values, masked."""
+def redact(url: str, mask: str = "***") -> str:
+    """The URL with its password, and secret-looking query values, replaced by ``mask``.
+    Read from the text, not parsed: a password holding characters a URL reserves (an
+    unencoded ``@``, ``:``, ``/``, ``#``, ``?``, a space) is masked whole, never in part.
+    The password ends at the last ``@`` (a host name has none)."""
+    url = str(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme:
+        return "<unparsable database URL>"
+    masked = _QUERY_SECRET.sub(lambda m: m.group(1) + mask, rest)
+    at = masked.rfind("@")
+    if at < 0:
+        return f"{scheme}://***" if "@" in rest else f"{scheme}://{masked}"
+    user, colon, _ = masked[:at].partition(":")
+    if not colon or "/" in user:  # no password (a user alone, or an ``@`` in a file path)
+        return f"{scheme}://{masked}"
+    return f"{scheme}://{user}:{mask}@{masked[at + 1:]}"
+
+
+def parse_url(url: str) -> URL:
+    """``url`` parsed, or a ValidationError showing it redacted: SQLAlchemy's own error
+    repeats the URL, password included, and an unencoded ``@`` in a password would
+    otherwise reach the driver as part of the host name (and its error messages)."""
+    from .exceptions import ValidationError
+
     try:
         parsed = make_url(url)
-        query = {
-            key: "***" if any(word in key.lower() for word in _SECRET_WORDS) else value
-            for key, value in parsed.query.items()
-        }
-        return parsed.set(query=query).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL: show nothing that may be secret
-        return "<unparsable database URL>"
+    except Exception:
+        raise ValidationError("url", redact(url), "not a database URL (dialect+driver://user:password"
+                              "@host:port/database, any of @:/#?% or a space in the password "
+                              "percent-encoded: urllib.parse.quote(password, safe=''))") from None
+    if "@" in (parsed.host or ""):
+        raise ValidationError("url", redact(url), "the user name or password holds an unencoded '@': "
+                              "percent-encode it (@ as %40; urllib.parse.quote(password, safe=''))")
+    return parsed
 
 
 def get_engine(
     url: str, options: dict[str, Any] | None = None, idle_transaction_timeout: float | None = None,
+    answer_timeout: float | None = None,
 ) -> Engine:
     """The process-wide engine for ``url``, created on first use. With
     ``idle_transaction_timeout`` (beat's own engine), the server ends a transaction left
-    idle that long, so a stalled process never holds row locks for longer."""
+    idle that long, so a stalled process never holds row locks for longer. With
+    ``answer_timeout`` (beat's and the workers' run-once engines), a database that does
+    not answer within that many seconds fails like one that is down (see ``Deadlines``)."""
     options = dict(options or {})
-    key = (os.getpid(), url, repr(sorted(options.items())), idle_transaction_timeout)
+    key = (os.getpid(), url, repr(sorted(options.items())), idle_transaction_timeout, answer_timeout)
     with _lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = _engines[key] = _create(url, options)
+            engine = _engines[key] = _create(url, options, answer_timeout)
             if idle_transaction_timeout:
                 _limit_idle_transactions(engine, idle_transaction_timeout)
         return engine
@@ -78,8 +108,8 @@ def sqlite_in_memory(url: URL) -> bool:
     return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
 
 
-def _create(url: str, options: dict[str, Any]) -> Engine:
-    parsed = make_url(url)
+def _create(url: str, options: dict[str, Any], answer_timeout: float | None = None) -> Engine:
+    parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         options.setdefault("pool_pre_ping", True)
         connect_args = options.setdefault("connect_args", {})
@@ -89,9 +119,14 @@ def _create(url: str, options: dict[str, Any]) -> Engine:
         return engine
     options.setdefault("pool_recycle", 3600)
     ping_idle = "pool_pre_ping" not in options
+    if answer_timeout:
+        set_connect_timeouts(parsed, options, answer_timeout)
     engine = create_engine(url, **options)
+    deadlines = Deadlines(engine, answer_timeout) if answer_timeout else None
+    if deadlines is not None:
+        registry[engine] = deadlines
     if ping_idle:
-        _ping_when_idle(engine, IDLE_BEFORE_PING)
+        _ping_when_idle(engine, IDLE_BEFORE_PING, deadlines)
     if parsed.get_backend_name() in ("mysql", "mariadb"):
         event.listen(engine, "handle_error", _check_violation_is_integrity_error, retval=True)
     if engine.dialect.driver == "psycopg":
@@ -145,7 +180,7 @@ def _read_any_timestamp(dbapi_connection: Any, _record: Any) -> None:
 IDLE_BEFORE_PING = 0.25
 
 
-def _ping_when_idle(engine: Engine, seconds: float) -> None:
+def _ping_when_idle(engine: Engine, seconds: float, deadlines: Deadlines | None = None) -> None:
     """Like ``pool_pre_ping``, but a connection given back less than ``seconds`` ago is
     handed out unchecked: the several transactions of one sync or burst cost no extra
     round trip, while one the server may have dropped meanwhile (``wait_timeout``) is
@@ -162,9 +197,13 @@ def _ping_when_idle(engine: Engine, seconds: float) -> None:
         checked_in = record.info.pop("checked_in", None)
         if checked_in is None or time.monotonic() - checked_in < seconds:
             return  # new, or just used
+        started = time.monotonic()
         try:
             alive = engine.dialect.do_ping(dbapi_connection)
         except Exception as exc:  # the pool replaces it (and raises if it cannot)
+            if deadlines is not None and (deadlines.was_cut(dbapi_connection)
+                                          or time.monotonic() - started >= deadlines.seconds):
+                raise deadlines.error(None, None) from exc  # no second wait for a new one
             raise DisconnectionError(str(exc)) from exc
         if not alive:
             raise DisconnectionError("the connection did not answer a ping")

@@ -56,15 +56,20 @@ class TaskNotFound(BeatSQLAlchemyError, LookupError):
 class SchemaNotReady(BeatSQLAlchemyError, RuntimeError):
     """The database schema is missing or older than this version of the package."""
 
-    def __init__(self, url: str, current: str | None, head: str) -> None:
+    def __init__(self, url: str, current: str | None, head: str, command_url: str | None = None) -> None:
+        """``url`` is shown (its password masked); ``command_url``, the same URL with
+        ``<password>`` where the password goes, is the one in the command to run."""
         self.current = current
         self.head = head
         state = "has no beatsqlalchemy tables" if current is None else (
             f"is at schema revision {current}, this version needs {head}"
         )
+        command_url = command_url or url
+        where = (" with the password in place of <password>" if "<password>" in command_url else "")
         super().__init__(
-            f"database {url} {state}; run `beatsqlalchemy --url '{url}' upgrade` "
-            "(or `alembic upgrade head` from a source checkout) first"
+            f"database {url} {state}; run `beatsqlalchemy --url '{command_url}' upgrade`{where} "
+            "(or `beatsqlalchemy -A <your app> upgrade`, or `alembic upgrade head` from a source "
+            "checkout) first"
         )
 
 

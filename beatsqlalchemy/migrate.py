@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine, column, inspect, select, table
 
 from .db import begin_write, redact
+from .deadlines import unbounded
 from .exceptions import SchemaNotReady
 from .runids import deployment_id, forget
 
@@ -76,6 +77,7 @@ def _run(engine: Engine, verb: str, revision: str) -> None:
 
     config = alembic_config()
     with begin_write(engine) as connection:
+        unbounded(connection)
         config.attributes["connection"] = connection
         getattr(command, verb)(config, revision)
     with _lock:
@@ -96,7 +98,8 @@ def ensure_schema(engine: Engine, create: bool | None = None) -> None:
         if create is None:
             create = engine.dialect.name == "sqlite"
         if not create:
-            raise SchemaNotReady(redact(engine.url.render_as_string(hide_password=False)), current, head)
+            url = engine.url.render_as_string(hide_password=False)
+            raise SchemaNotReady(redact(url), current, head, redact(url, mask="<password>"))
         upgrade(engine)
     with engine.connect() as connection:
         deployment_id(connection)

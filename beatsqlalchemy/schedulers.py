@@ -155,6 +155,8 @@ class DatabaseScheduler(Scheduler):
             # beat's own transactions last milliseconds: a stalled process loses its row
             # locks after a second or two, long before its claims go stale
             idle_transaction_timeout=min(max(self.config.claim_timeout / 2, 1.0), 2.0),
+            # a database that stops answering is an outage, noticed and logged like any other
+            answer_timeout=self.config.database_timeout or None,
         )
         self.store = Store(self.engine, self.config.identity, self.config.misfire_grace,
                            self.config.cron_starting_deadline)

@@ -58,7 +58,8 @@ class RunOnceTask(Task):
         if not is_first_delivery(request):
             return
         config = BeatConfig.from_app(self.app)
-        engine = get_engine(config.url, config.engine_options)
+        engine = get_engine(config.url, config.engine_options,
+                            answer_timeout=config.database_timeout or None)
         if not first_start(engine, task_id, request.hostname or "worker"):
             logger.warning("beatsqlalchemy: dropping a second copy of beat run %s (%s): "
                            "a worker started it already", task_id, self.name)

@@ -9,6 +9,7 @@ from alembic import context
 from sqlalchemy import Connection, MetaData, Table, create_engine, inspect, pool
 
 from beatsqlalchemy.config import DEFAULT_URL, URL_ENV
+from beatsqlalchemy.db import parse_url
 from beatsqlalchemy.migrate import VERSION_TABLE
 from beatsqlalchemy.models import Base
 
@@ -49,7 +50,7 @@ def _configure(**kwargs: object) -> None:
 
 
 def run_offline() -> None:
-    _configure(url=_url(), literal_binds=True, on_version_apply=[_drop_version_table_at_base])
+    _configure(url=parse_url(_url()), literal_binds=True, on_version_apply=[_drop_version_table_at_base])
     with context.begin_transaction():
         context.run_migrations()
 
@@ -69,7 +70,7 @@ def run_online() -> None:
     if connection is not None:
         _migrate(connection)
         return
-    engine = create_engine(_url(), poolclass=pool.NullPool)
+    engine = create_engine(parse_url(_url()), poolclass=pool.NullPool)  # errors show the URL redacted
     with engine.connect() as connection:
         _migrate(connection)
     engine.dispose()

@@ -5,7 +5,10 @@ the task messages beat sends.
 (PostgreSQL on 5432, MariaDB on 3306). :meth:`Proxy.cut` drops every open connection and
 refuses new ones, either as a server that is down (the port is closed: "connection
 refused") or as a dead server behind a load balancer (each new connection is accepted
-and reset at once, and counted); :meth:`Proxy.resume` lets connections through again.
+and reset at once, and counted); :meth:`Proxy.partition` stops forwarding in both
+directions without closing or refusing anything (a network partition: the server and the
+client each wait for an answer that never comes; new connections are accepted and held);
+:meth:`Proxy.resume` lets connections through again (what was held then flows).
 It also counts the connections the server itself closed (MariaDB's ``wait_timeout``).
 
 :class:`QueueReader` consumes one Celery queue on the broker in a thread, without a
@@ -133,6 +136,9 @@ class Proxy:
         self._links: set[_Link] = set()
         self._down: str | None = None
         self._closed = threading.Event()
+        #: cleared during a partition: the pumps hold what they read until it is set
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._listener: socket.socket | None = _listen(self.port)
         self._thread = threading.Thread(target=self._accept_loop, name=f"proxy-{self.port}", daemon=True)
         self._thread.start()
@@ -174,9 +180,19 @@ class Proxy:
             link.shutdown()
         return at
 
+    def partition(self) -> float:
+        """Stop forwarding, both ways, on every connection, open or new, without closing
+        any; returns when (time.time())."""
+        with self._lock:
+            self._flowing.clear()
+            at = time.time()
+            self.stats.cuts.append((at, None))
+        return at
+
     def resume(self) -> float:
         """Let connections through again; returns when (time.time())."""
         with self._lock:
+            self._flowing.set()
             if self._listener is None and not self._closed.is_set():
                 self._listener = _listen(self.port)
             self._down = None
@@ -188,6 +204,7 @@ class Proxy:
     def close(self) -> None:
         """Stop listening and drop every connection."""
         self._closed.set()
+        self._flowing.set()
         with self._lock:
             if self._listener is not None:
                 _close_listener(self._listener)
@@ -242,6 +259,7 @@ class Proxy:
         try:
             while True:
                 data = source.recv(_BUFFER)
+                self._flowing.wait()  # a partition holds data and end of stream alike
                 if not data:
                     break
                 target.sendall(data)

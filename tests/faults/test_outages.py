@@ -43,6 +43,8 @@ Table = list[dict[str, Any]]
 BACKENDS = ("postgresql", "mysql")
 #: beat sends again within this long after the database returns (the issue's bar)
 RESUME_BOUND = 2.0
+#: beat logs a database that stopped answering within this long (the issue's bar)
+SILENCE_NOTICED_BOUND = 10.0
 #: name -> every (seconds)
 TASKS = {"every1-a": 1, "every1-b": 1, "every2": 2}
 OUTAGE_START = re.compile(r"beat: database \S+ error while")
@@ -171,16 +173,19 @@ def outcome(beat: BeatBehindProxy, fault: str, cut: float, restored: float, noti
 # -- outages while beat runs ------------------------------------------------------------------
 
 
-def cut_while_running(beats: list[BeatBehindProxy], seconds: float, table: Table) -> list[Outcome]:
-    """Run the beats until steady, cut their databases, restore each one ``seconds``
-    after its beat logged the outage, watch 5 s more; one Outcome per beat."""
+def cut_while_running(beats: list[BeatBehindProxy], seconds: float, table: Table,
+                      partition: bool = False) -> list[Outcome]:
+    """Run the beats until steady, cut their databases (with ``partition``, make them
+    silent instead), restore each one ``seconds`` after its beat logged the outage, watch
+    5 s more; one Outcome per beat."""
     for beat in beats:
         beat.create_tasks(TASKS)
         beat.start()
     for beat in beats:
         beat.wait_steady()
-    cuts = [beat.proxy.cut() for beat in beats]
-    noticed = [beat.wait_log(OUTAGE_START) for beat in beats]
+    cuts = [beat.proxy.partition() if partition else beat.proxy.cut() for beat in beats]
+    noticed = [beat.wait_log(OUTAGE_START, timeout=SILENCE_NOTICED_BOUND + 5 if partition else 5)
+               for beat in beats]
     restored = []
     for beat, seen in sorted(zip(beats, noticed, strict=True), key=lambda pair: pair[1]):
         time.sleep(max(0.0, seen + seconds - time.time()))
@@ -192,7 +197,10 @@ def cut_while_running(beats: list[BeatBehindProxy], seconds: float, table: Table
     time.sleep(5)
     results = []
     for beat, cut, seen in zip(beats, cuts, noticed, strict=True):
-        result = outcome(beat, f"cut {seconds:g} s while running (port closed)", cut, back[id(beat)], seen)
+        restored_at = back[id(beat)]
+        fault = (f"partition {restored_at - cut:.0f} s while running (nothing answered)" if partition
+                 else f"cut {seconds:g} s while running (port closed)")
+        result = outcome(beat, fault, cut, restored_at, seen)
         table.append(result.row())
         results.append(result)
     return results
@@ -211,6 +219,21 @@ def test_a_one_minute_outage_is_logged_once_caught_up_once_and_never_sends_twice
     """62 s: longer than a minute, and than the 30 s claim timeout (no claim is left
     behind to be taken over twice)."""
     check(cut_while_running([beat_behind_proxy(backend) for backend in BACKENDS], 62, fault_table))
+
+
+def test_a_15s_partition_is_noticed_within_10s_logged_once_and_never_sends_twice(
+    beat_behind_proxy: MakeBeat, fault_table: Table,
+) -> None:
+    """The proxy stops forwarding, both ways, without closing or refusing anything, until
+    10 s after beat logged the outage (about 15 s): beat's calls wait for answers that
+    never come. With the default ``beat_sqlalchemy_database_timeout`` (5 s), that is an
+    outage like any other."""
+    results = cut_while_running([beat_behind_proxy(backend) for backend in BACKENDS], 10, fault_table,
+                                partition=True)
+    late = [f"{r.backend}: noticed {r.noticed - r.cut:.2f}s after the database went silent"
+            for r in results if r.noticed is not None and r.noticed - r.cut > SILENCE_NOTICED_BOUND]
+    assert late == [], "; ".join(late) + "\n" + "\n".join(r.summary() for r in results)
+    check(results)
 
 
 # -- an outage at start-up --------------------------------------------------------------------
