@@ -776,6 +776,11 @@ class PeriodicTask(Base):
             raise ValidationError(key, value, "is beat's own: it says why beat cannot schedule "
                                   "the row, and is cleared when the row is fixed")
 
+    @validates("run_key")
+    def _run_key(self, key: str, value: Any) -> None:
+        raise ValidationError(key, value, "is beat's own: a random key given to the row when it is "
+                              "created, from which its run ids are derived")
+
     @validates("queue", "exchange", "routing_key")
     def _route(self, key: str, value: Any) -> str | None:
         return as_name(key, value, optional=True)

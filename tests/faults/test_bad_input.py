@@ -42,6 +42,7 @@ from beatsqlalchemy.models import (
     as_json,
     schedule_fields,
 )
+from beatsqlalchemy.runids import DEPLOYMENT_TABLE
 from beatsqlalchemy.schedulers import DatabaseScheduler
 
 UTC = timezone.utc
@@ -298,19 +299,23 @@ PARAMS = [
 
 # -- helpers -------------------------------------------------------------------------------------
 
+#: the tables writers fill (the deployment table holds one row from the migration on)
+WRITTEN_TABLES = [t for t in Base.metadata.sorted_tables if t.name != DEPLOYMENT_TABLE]
+
+
 def row_counts(engine: Engine) -> dict[str, int]:
-    """Rows in every table of ours."""
-    tables = Base.metadata.sorted_tables
+    """Rows in every table writers fill."""
+    tables = WRITTEN_TABLES
     query = select(*(select(func.count()).select_from(t).scalar_subquery().label(t.name) for t in tables))
     with engine.connect() as connection:
         return dict(connection.execute(query).one()._mapping)
 
 
 def stored_state(engine: Engine) -> dict[str, Any]:
-    """Every column of every row of ours, for before/after comparisons."""
+    """Every column of every row writers fill, for before/after comparisons."""
     with engine.connect() as connection:
         return {table.name: sorted(tuple(map(repr, row)) for row in connection.execute(select(table)))
-                for table in Base.metadata.sorted_tables}
+                for table in WRITTEN_TABLES}
 
 
 def schedule_kind(case: Bad) -> str:

@@ -43,7 +43,7 @@ TAKES: dict[str, dict[str, set[str]]] = {
         "date_changed": {"none"},
         "one_off": {"bool"}, "enabled": {"bool"}, "needs_recompute": {"bool"},
         "total_run_count": {"int"}, "description": {"str", "none"},
-        "source": {"none"}, "schedule_error": {"none"}, "misfire_policy": {"none"},
+        "source": {"none"}, "schedule_error": {"none"}, "misfire_policy": {"none"}, "run_key": set(),
     },
     "interval": {"id": {"int", "none"}, "every": {"int"}, "period": set()},
     "crontab": {"id": {"int", "none"}, "minute": {"int"}, "hour": {"int"}, "day_of_week": {"int"},

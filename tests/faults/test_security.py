@@ -275,6 +275,8 @@ NOT_SECRET = {
     ("celery_periodic_task", "routing_key"): "the broker routing key of the task's messages",
     ("celery_periodic_task_run", "claim_token"): "a random value per claim transaction (uuid4 hex), "
                                                   "a compare-and-set guard, no credential",
+    ("celery_periodic_task", "run_key"): "a random value per task row (uuid4 hex) that run ids are "
+                                         "derived from, no credential",
 }
 
 
