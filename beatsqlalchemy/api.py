@@ -354,11 +354,17 @@ def delete_task(session: Session, name: str) -> None:
 def next_run_at(session: Session, name: str, now: datetime | None = None) -> datetime | None:
     """When beat sends the task ``name`` next (UTC); None when it is disabled or finished.
     A row changed with plain SQL and not yet recomputed by beat is computed here the way
-    beat will; a row beat cannot schedule raises ValidationError."""
-    task = get_task(session, name)
+    beat will; a row beat cannot schedule or send raises ValidationError."""
+    return next_run_of(get_task(session, name), now)
+
+
+def next_run_of(task: PeriodicTask, now: datetime | None = None) -> datetime | None:
+    """``next_run_at`` for a task already loaded (no query)."""
     error = task.read_error()
     if error is not None:
         raise error
+    if task.enabled:
+        _payload(task)  # what beat checks before it sends a row (plain SQL may change any column)
     if task.needs_recompute or (task.enabled and task.next_run_at is None and task.schedule_error is None):
         return task.compute_next_run(now or sched.utcnow())
     if task.schedule_error and task.enabled:
@@ -412,6 +418,15 @@ def send_options(task: PeriodicTask) -> dict[str, Any]:
     return options
 
 
+def _payload(task: PeriodicTask) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """The Celery task's args, kwargs and ``apply_async`` options, validated as beat
+    validates a row before it sends it (a plain-SQL row may hold anything)."""
+    as_name("task", task.task)
+    args = list(as_json("args", [] if task.args is None else task.args, list))
+    kwargs = dict(as_json("kwargs", {} if task.kwargs is None else task.kwargs, dict))
+    return args, kwargs, send_options(task)
+
+
 def run_now(
     session: Session, app: Celery, name: str, sent_by: str | None = None, now: datetime | None = None,
 ) -> PeriodicTaskRun:
@@ -427,9 +442,7 @@ def run_now(
     task = get_task(session, name)
     pk, task_name, run_key = task.id, task.task, task.run_key
     deployment = deployment_id(session.connection())
-    args = list(as_json("args", [] if task.args is None else task.args, list))
-    kwargs = dict(as_json("kwargs", {} if task.kwargs is None else task.kwargs, dict))
-    options = send_options(task)
+    args, kwargs, options = _payload(task)
     if task.expires is not None and task.expires <= now:
         _end_read(session)
         raise ValidationError("expires", task.expires.isoformat(), "the task has expired")

@@ -309,15 +309,10 @@ def _next_run(session: Session, task: PeriodicTask) -> tuple[datetime | None, st
     """The next run as beat will see it, or the reason the row cannot be scheduled."""
     from . import api
 
-    error = task.read_error()
-    if error is not None:
-        return None, str(error)
-    if task.schedule_error and not task.needs_recompute:
+    if task.schedule_error and not task.needs_recompute and task.read_error() is None:
         return None, task.schedule_error
-    if not task.needs_recompute:
-        return task.next_run_at, None
     try:
-        return api.next_run_at(session, task.name), None
+        return api.next_run_of(task), None
     except ValidationError as exc:
         return None, str(exc)
 

@@ -128,6 +128,27 @@ def test_a_row_with_an_empty_task_is_never_sent(
     assert result.errors == [("empty", f"task: invalid value {stored!r}: must be a non-empty string")]
 
 
+@pytest.mark.parametrize(("column", "value", "reason"), [
+    ("task", "''", "task: invalid value '': must be a non-empty string"),
+    ("headers", "'{\"id\": \"fixed\"}'", "headers: invalid value {'id': 'fixed'}: reserved key 'id'"),
+    ("extra_options", "'{\"serializer\": \"pickle\"}'", "'serializer' is not an option"),
+])
+def test_readers_judge_a_flagged_row_as_beat_will(
+    session: Session, db_url: str, column: str, value: str, reason: str,
+) -> None:
+    """A row written with plain SQL and not yet recomputed: ``next_run_at`` and ``list``
+    report what beat will find wrong with it, not a next run beat will never send."""
+    make(session, "flagged")
+    write(session.get_bind(), f"UPDATE celery_periodic_task SET {column} = {value} WHERE name = 'flagged'")
+    session.expire_all()
+    with pytest.raises(api.ValidationError, match=reason.replace("{", r"\{").replace("}", r"\}")):
+        api.next_run_at(session, "flagged")
+    session.rollback()
+    listed = CliRunner().invoke(cli_main, ["--url", db_url, "list"])
+    assert listed.exit_code == 0, listed.output
+    assert [line.split()[-3] for line in listed.output.splitlines()[1:]] == ["error"], listed.output
+
+
 def test_recompute_marks_unreadable_rows_and_schedules_the_others(
     backend: str, engine: Engine, session: Session, store: Store,
 ) -> None:
