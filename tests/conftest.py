@@ -1,9 +1,10 @@
 """Shared fixtures: one suite parametrised over SQLite, PostgreSQL and MySQL/MariaDB.
 
-The databases themselves are made by ``databases.py`` (server URLs from
+The databases themselves are made by ``harness.servers`` (server URLs from
 ``BEAT_TEST_POSTGRESQL_URL`` / ``BEAT_TEST_MYSQL_URL``); each test run creates its own and
 drops them at the end. A server that cannot be reached skips its tests, except under
-``CI=true``, where it fails.
+``CI=true``, where it fails. ``redis_url`` is the Redis of ``BEAT_TEST_REDIS_URL`` (default
+``redis://127.0.0.1:6379/11``), flushed for each test that uses it.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ from collections.abc import Iterator
 import pytest
 from celery import Celery
 from celery import _state as celery_state
-from databases import BACKENDS, assert_no_leaks, clear_tables, drop_all, new_database
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from beatsqlalchemy import db, migrate
+from harness.helpers import assert_no_leaks, clear_tables
+from harness.servers import BACKENDS, DATABASES, REDIS_URL, flushed_redis, new_database
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    drop_all()
+    DATABASES.drop_all()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -74,3 +76,9 @@ def app(db_url: str) -> Iterator[Celery]:
     yield celery_app
     celery_app.close()
     celery_state._set_current_app(previous)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The Redis broker URL, its database flushed."""
+    return flushed_redis(REDIS_URL)

@@ -8,7 +8,6 @@ are untouched. And every option a task may set goes through a real publish as JS
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -19,17 +18,15 @@ from typing import Any
 import pytest
 from celery import Celery
 from kombu import Connection, Exchange, Queue
-from services import flushed_redis, reachable_amqp
 from sqlalchemy import select
 
 from beatsqlalchemy import api, broker
 from beatsqlalchemy.models import PeriodicTaskRun
 from beatsqlalchemy.schedulers import DatabaseScheduler
+from harness.servers import AMQP_URL, REDIS_URL, flushed_redis, reachable_amqp
 
 pytest.importorskip("redis")
 
-REDIS_URL = os.environ.get("BEAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
-AMQP_URL = os.environ.get("BEAT_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 DROPPED = "the broker dropped run"
 
 

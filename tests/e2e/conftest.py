@@ -1,33 +1,25 @@
 """Fixtures of the end-to-end suite: real brokers, real beat and worker processes.
 
-Broker URLs come from ``BEAT_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/13``;
-the tests flush that database) and ``BEAT_TEST_AMQP_URL`` (default the local RabbitMQ).
+The brokers are those of ``harness.servers``: the ``redis_url`` fixture of
+``tests/conftest.py`` (``BEAT_TEST_REDIS_URL``, flushed) and ``BEAT_TEST_AMQP_URL`` (default
+the local RabbitMQ).
 On a failure the logs of every beat and worker the test started are added to the report.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from e2e_harness import Cluster, Processes
-from services import flushed_redis, reachable_amqp
 
-REDIS_URL = os.environ.get("BEAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-AMQP_URL = os.environ.get("BEAT_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+from harness.processes import Cluster, Processes
+from harness.servers import AMQP_URL, reachable_amqp
+
 LOG_TAIL = 300  # lines of each log shown on failure
 
 PROCESSES_KEY = pytest.StashKey[Processes]()
-
-
-
-@pytest.fixture
-def redis_url() -> str:
-    """The Redis broker URL, its database flushed."""
-    return flushed_redis(REDIS_URL)
 
 
 @pytest.fixture

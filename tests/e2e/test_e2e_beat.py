@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from e2e_harness import SYNC_INTERVAL, Cluster, Record, wait_for
 from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.orm import Session
 
 from beatsqlalchemy.models import PeriodicTask
 from beatsqlalchemy.schedulers import DatabaseScheduler
+from harness.processes import SYNC_INTERVAL, Cluster, Record, wait_for
 
 pytestmark = pytest.mark.e2e
 

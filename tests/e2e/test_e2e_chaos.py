@@ -15,7 +15,6 @@ workers under it do, and every run starts exactly once.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,14 +22,12 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from e2e_harness import Processes
 from sqlalchemy import func, select
 
 from beatsqlalchemy import db, migrate
 from beatsqlalchemy.models import PeriodicTaskRun
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import chaos
+from harness import chaos
+from harness.processes import Processes
 
 pytestmark = pytest.mark.e2e
 

@@ -1,19 +1,16 @@
 """Fixtures of the fault suite: the Redis broker, new databases, TCP proxies in front of
 the database servers, real beat processes behind them (started with
-``tests/e2e/e2e_harness.py``), and the table of injected faults printed at the end.
+``harness.processes``), and the table of injected faults printed at the end.
 
-Server URLs come from ``BEAT_TEST_POSTGRESQL_URL`` / ``BEAT_TEST_MYSQL_URL`` (as in
-``tests/conftest.py``), the broker from ``BEAT_TEST_REDIS_URL`` (default
-``redis://127.0.0.1:6379/12``; the tests flush that database). On a failure, the logs of
-every process a test started are added to the report.
+Servers and broker are those of ``harness.servers`` (``BEAT_TEST_POSTGRESQL_URL``,
+``BEAT_TEST_MYSQL_URL``; the ``redis_url`` fixture of ``tests/conftest.py``). On a failure,
+the logs of every process a test started are added to the report.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import sys
 import time
 import uuid
 from collections import Counter
@@ -22,23 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from beatsqlalchemy import db, migrate
 from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
+from harness.processes import APP_MODULE, CeleryProcess, Cluster, Processes, wait_for
+from harness.proxy import Proxy, QueueReader
+from harness.servers import Databases
 
-sys.path.append(str(Path(__file__).resolve().parents[1] / "e2e"))
-from e2e_harness import APP_MODULE, CeleryProcess, Cluster, Processes, wait_for
-from services import flushed_redis, unavailable
-
-from .proxy import Proxy, QueueReader
-
-REDIS_URL = os.environ.get("BEAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
-SERVER_URLS = {
-    "postgresql": os.environ.get("BEAT_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
-    "mysql": os.environ.get("BEAT_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
-}
 LOG_TAIL = 200
 #: the Celery task every test task sends (the harness's app defines it)
 TASK = "e2e.record"
@@ -58,45 +47,20 @@ FAULT_COLUMNS = ("backend", "fault", "outage (s)", "noticed after (s)", "first s
 # -- services -----------------------------------------------------------------------------------
 
 @pytest.fixture
-def redis_url() -> str:
-    """The Redis broker URL, its database flushed."""
-    return flushed_redis(REDIS_URL)
-
-
-def admin_engine(backend: str) -> Any:
-    """An AUTOCOMMIT engine on the server's administrative database."""
-    return create_engine(make_url(SERVER_URLS[backend]), isolation_level="AUTOCOMMIT")
-
-
-@pytest.fixture
 def make_database() -> Iterator[Callable[..., str]]:
     """Makes a new database on a server (``postgresql`` or ``mysql``), migrated to head
     unless ``migrated=False``; returns its URL (as the server's admin user). Dropped at
     teardown."""
-    created: list[tuple[str, Any, str]] = []
+    databases = Databases()
 
     def make(backend: str, migrated: bool = True) -> str:
-        admin = admin_engine(backend)
-        name = f"bsa_faults_{uuid.uuid4().hex[:10]}"
-        try:
-            with admin.connect() as connection:
-                connection.execute(text(f"CREATE DATABASE {name}"))
-        except Exception as exc:
-            admin.dispose()
-            unavailable(f"{backend} at {db.redact(SERVER_URLS[backend])} is unavailable: {exc}")
-        created.append((backend, admin, name))
-        url = admin.url.set(database=name).render_as_string(hide_password=False)
+        url = databases.new(backend, "faults")
         if migrated:
             migrate.upgrade(db.get_engine(url))
-        return str(url)
+        return url
 
     yield make
-    db.dispose_all()
-    for backend, admin, name in created:
-        force = " WITH (FORCE)" if backend == "postgresql" else ""
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {name}{force}"))
-        admin.dispose()
+    databases.drop_all()
 
 
 @pytest.fixture

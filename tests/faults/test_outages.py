@@ -26,14 +26,14 @@ from typing import Any
 import pytest
 from celery import Celery
 from celery.signals import after_task_publish
-from e2e_harness import wait_for
 
 from beatsqlalchemy import db
 from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
 from beatsqlalchemy.schedulers import DatabaseScheduler
+from harness.processes import wait_for
+from harness.proxy import RESET, Message, Proxy, QueueReader
 
 from .conftest import TASK, BeatBehindProxy
-from .proxy import RESET, Message, Proxy, QueueReader
 
 pytestmark = pytest.mark.e2e
 

@@ -20,8 +20,7 @@ from beatsqlalchemy.config import BeatConfig
 from beatsqlalchemy.deadlines import DatabaseTimeout
 from beatsqlalchemy.exceptions import ValidationError
 from beatsqlalchemy.watch import watch_for
-
-from .proxy import Proxy
+from harness.proxy import Proxy
 
 BACKENDS = ("postgresql", "mysql")
 BOUND = 1.0

@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
@@ -40,6 +39,7 @@ from beatsqlalchemy.models import PeriodicTask
 from beatsqlalchemy.schedulers import DatabaseScheduler
 from beatsqlalchemy.schedules import Cron, Interval, after_run, first_run
 from beatsqlalchemy.store import Run
+from harness.helpers import tick_for
 
 UTC = timezone.utc
 MINUTE = timedelta(minutes=1)
@@ -527,12 +527,6 @@ class RecordingScheduler(DatabaseScheduler):
     def _send(self, run: Run) -> bool:
         self.sent.append(run)
         return True
-
-
-def tick_for(scheduler: DatabaseScheduler, seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        time.sleep(min(scheduler.tick(), 0.02, left))
 
 
 def new_app(db_url: str, tz_name: str, enable_utc: bool) -> Celery:

@@ -21,7 +21,6 @@ import random
 import re
 import signal
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -38,9 +37,7 @@ from sqlalchemy import Engine, func, select, update
 from beatsqlalchemy import db
 from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
 from beatsqlalchemy.worker import first_start
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-from e2e_harness import CeleryProcess, Processes, wait_for
+from harness.processes import CeleryProcess, Processes, wait_for
 
 logger = logging.getLogger("chaos")
 
