@@ -101,37 +101,37 @@ def admin_engine(backend: str, purpose: str = "test") -> Engine:
     return create_engine(make_url(server_url(backend, purpose)), isolation_level="AUTOCOMMIT")
 
 
-def create_database(backend: str, name: str, purpose: str = "test", *, replace: bool = False) -> str:
-    """Create database ``name`` on ``backend``'s server (dropping one of that name first
-    when ``replace``); returns its URL, as the server's administrative user."""
+def _on_server(backend: str, purpose: str, statement: str) -> None:
+    """Run one statement on the server's administrative database."""
     from sqlalchemy import text
 
-    if replace:
-        drop_database(backend, name, purpose)
     admin = admin_engine(backend, purpose)
     try:
         with admin.connect() as connection:
-            connection.execute(text(f"CREATE DATABASE {name}"))
+            connection.execute(text(statement))
     finally:
         admin.dispose()
-    return admin.url.set(database=name).render_as_string(hide_password=False)
+
+
+def create_database(backend: str, name: str, purpose: str = "test", *, replace: bool = False) -> str:
+    """Create database ``name`` on ``backend``'s server (dropping one of that name first
+    when ``replace``); returns its URL, as the server's administrative user."""
+    from sqlalchemy.engine import make_url
+
+    if replace:
+        drop_database(backend, name, purpose)
+    _on_server(backend, purpose, f"CREATE DATABASE {name}")
+    return make_url(server_url(backend, purpose)).set(database=name).render_as_string(hide_password=False)
 
 
 def drop_database(backend: str, name: str, purpose: str = "test") -> None:
     """Drop database ``name`` if it exists, closing this process's connections to it first
     (and, on PostgreSQL, every other session's)."""
-    from sqlalchemy import text
-
     from beatsqlalchemy import db
 
     db.dispose_all()
     force = " WITH (FORCE)" if backend == "postgresql" else ""
-    admin = admin_engine(backend, purpose)
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {name}{force}"))
-    finally:
-        admin.dispose()
+    _on_server(backend, purpose, f"DROP DATABASE IF EXISTS {name}{force}")
 
 
 class Databases:

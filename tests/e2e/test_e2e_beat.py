@@ -1,7 +1,7 @@
 """Real ``celery beat -S beatsqlalchemy`` and ``celery worker`` processes on a real broker
 and a real database: what users see when they run the scheduler.
 
-Every execution is recorded by the worker (see ``e2e_harness.APP_MODULE``); the
+Every execution is recorded by the worker (see ``harness.processes.APP_MODULE``); the
 assertions are on those executions, on beat's log and on the database rows.
 """
 

@@ -1,7 +1,7 @@
 """Three real beats on one database while beats are killed, paused and restarted at random.
 
 There is no worker: the test reads every task message from the real Redis broker
-itself and compares them with the run log (see ``benchmarks/chaos.py``, shared with
+itself and compares them with the run log (see ``harness/chaos.py``, shared with
 ``benchmarks/ha_chaos.py``). The bar: no run sent twice, none lost, and no task's runs
 interrupted for longer than the claim timeout plus 2 s; with one beat killed for good,
 the other two keep every task on time. On Redis the beats push each run once, so the

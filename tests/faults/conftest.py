@@ -4,7 +4,7 @@ the database servers, real beat processes behind them (started with
 
 Servers and broker are those of ``harness.servers`` (``BEAT_TEST_POSTGRESQL_URL``,
 ``BEAT_TEST_MYSQL_URL``; the ``redis_url`` fixture of ``tests/conftest.py``). On a failure,
-the logs of every process a test started are added to the report.
+the logs of every process a test started are added to the report (``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -25,16 +25,14 @@ from sqlalchemy.engine import make_url
 from beatsqlalchemy import db, migrate
 from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
 from harness.processes import APP_MODULE, CeleryProcess, Cluster, Processes, wait_for
-from harness.proxy import Proxy, QueueReader
+from harness.proxy import Proxy
+from harness.reader import QueueReader
 from harness.servers import Databases
 
-LOG_TAIL = 200
 #: the Celery task every test task sends (the harness's app defines it)
 TASK = "e2e.record"
 #: the harness's app, plus the settings a test passes as JSON in ``E2E_EXTRA_CONF``
 APP_WITH_EXTRA = APP_MODULE + '\napp.conf.update(json.loads(os.environ.get("E2E_EXTRA_CONF") or "{}"))\n'
-
-PROCESSES_KEY = pytest.StashKey[Processes]()
 
 #: one row per fault injected (see ``fault_table``), printed at the end of the run
 FAULT_ROWS: list[dict[str, Any]] = []
@@ -78,15 +76,6 @@ def make_proxy() -> Iterator[Callable[[str], Proxy]]:
     yield make
     for proxy in proxies:
         proxy.close()
-
-
-@pytest.fixture
-def processes(request: pytest.FixtureRequest, tmp_path: Path) -> Processes:
-    """Celery processes stopped at teardown; their logs go into the report on failure."""
-    group = Processes(tmp_path)
-    request.node.stash[PROCESSES_KEY] = group
-    request.addfinalizer(group.stop_all)
-    return group
 
 
 # -- a real beat behind a proxy -----------------------------------------------------------------
@@ -200,16 +189,3 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.write_line("|" + "---|" * len(FAULT_COLUMNS))
     for row in FAULT_ROWS:
         terminalreporter.write_line("| " + " | ".join(str(row.get(c, "-")) for c in FAULT_COLUMNS) + " |")
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
-    group = item.stash.get(PROCESSES_KEY, None)
-    if report.failed and group is not None:
-        for title, log in group.logs():
-            lines = log.splitlines()
-            shown = "\n".join(lines[-LOG_TAIL:])
-            cut = f"[... {len(lines) - LOG_TAIL} earlier lines]\n" if len(lines) > LOG_TAIL else ""
-            report.sections.append((f"log of {title}", cut + shown))

@@ -36,7 +36,7 @@ from beatsqlalchemy import db, migrate
 from beatsqlalchemy.cli import main as cli_main
 from beatsqlalchemy.models import PeriodicTask
 from harness.processes import APP_MODULE, Cluster, Processes, wait_for
-from harness.proxy import QueueReader
+from harness.reader import QueueReader
 
 from .conftest import TASK
 
