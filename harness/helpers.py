@@ -1,11 +1,12 @@
 """Small helpers the tests share: read what the database holds, empty it, check the pool,
-and tick a scheduler as celery beat does."""
+tick a scheduler as celery beat does, and print a line in the run's summary."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, delete, func, select
 
@@ -13,6 +14,9 @@ from beatsqlalchemy import db
 from beatsqlalchemy.models import Base, Deployment, PeriodicTask
 from beatsqlalchemy.runids import DEPLOYMENT_TABLE, run_task_id
 from beatsqlalchemy.schedulers import DatabaseScheduler
+
+if TYPE_CHECKING:
+    import pytest
 
 #: the longest a tick loop sleeps between two ticks (seconds)
 TICK_SLEEP = 0.02
@@ -90,3 +94,14 @@ def tick_until(scheduler: DatabaseScheduler, condition: Callable[[], bool], time
         assert time.monotonic() - start < timeout, f"not within {timeout}s"
         time.sleep(min(_tick((scheduler, *others)), TICK_SLEEP))
     return time.monotonic() - start
+
+
+# -- reporting ----------------------------------------------------------------------------------
+
+def print_in_summary(config: pytest.Config, line: str) -> None:
+    """Write ``line`` to the terminal past pytest's output capture (a module's closing count)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)

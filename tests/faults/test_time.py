@@ -39,7 +39,7 @@ from beatsqlalchemy.models import PeriodicTask
 from beatsqlalchemy.schedulers import DatabaseScheduler
 from beatsqlalchemy.schedules import Cron, Interval, after_run, first_run
 from beatsqlalchemy.store import Run
-from harness.helpers import tick_for
+from harness.helpers import print_in_summary, tick_for
 
 UTC = timezone.utc
 MINUTE = timedelta(minutes=1)
@@ -67,12 +67,9 @@ def utc(*parts: int) -> datetime:
 @pytest.fixture(scope="module", autouse=True)
 def _summary(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None and CHECKED:
+    if CHECKED:
         parts = ", ".join(f"{key} {value}" for key, value in CHECKED.items())
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(f"\ntime: DST cases checked: {parts}")
+        print_in_summary(request.config, f"\ntime: DST cases checked: {parts}")
 
 
 # -- transitions of a zone ----------------------------------------------------------------
