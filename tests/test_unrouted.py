@@ -8,7 +8,6 @@ are untouched. And every option a task may set goes through a real publish as JS
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -23,6 +22,7 @@ from sqlalchemy import select
 from beatsqlalchemy import api, broker
 from beatsqlalchemy.models import PeriodicTaskRun
 from beatsqlalchemy.schedulers import DatabaseScheduler
+from harness.helpers import tick_until
 from harness.servers import AMQP_URL, REDIS_URL, flushed_redis, reachable_amqp
 
 pytest.importorskip("redis")
@@ -60,10 +60,7 @@ def sent(scheduler: DatabaseScheduler, name: str) -> int:
 
 
 def tick_until_sent(scheduler: DatabaseScheduler, names: list[str], count: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not all(sent(scheduler, name) >= count for name in names):
-        assert time.monotonic() < deadline, f"runs of {names} not sent"
-        time.sleep(min(scheduler.tick(), 0.05))
+    tick_until(scheduler, lambda: all(sent(scheduler, name) >= count for name in names), timeout)
 
 
 @pytest.mark.parametrize(("kind", "dedup"), [("redis", 600.0), ("redis", 0.0), ("amqp", 600.0)])
