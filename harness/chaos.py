@@ -35,7 +35,7 @@ from sqlalchemy import Engine, func, select, update
 from beatsqlalchemy import db
 from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
 from beatsqlalchemy.worker import first_start
-from harness.processes import CeleryProcess, Processes, wait_for
+from harness.processes import CeleryProcess, Processes, app_module, wait_for
 from harness.reader import QueueReader
 
 logger = logging.getLogger("chaos")
@@ -44,24 +44,13 @@ TASK_NAME = "chaos.tick"
 SLOT = 1.0  # every task is due every second
 #: how long a beat may take to start (import, connect, first sync) on a loaded machine
 START_TIMEOUT = 60.0
-APP_MODULE = '''\
-"""The Celery app the chaos beats run: a database, a broker queue, no tasks of its own."""
-
-import os
-
-from celery import Celery
-
-app = Celery("chaosapp", broker=os.environ["CHAOS_BROKER_URL"])
-app.conf.update(
-    beat_sqlalchemy_url=os.environ["CHAOS_DB_URL"],
-    beat_sqlalchemy_sync_interval=float(os.environ["CHAOS_SYNC_INTERVAL"]),
+APP_MODULE = app_module(
+    "The Celery app the chaos beats run: a database, a broker queue, no tasks of its own.", "CHAOS",
+    settings='''\
     beat_sqlalchemy_claim_timeout=float(os.environ["CHAOS_CLAIM_TIMEOUT"]),
     beat_sqlalchemy_identity=os.environ["CHAOS_IDENTITY"],
     beat_sqlalchemy_broker_dedup_seconds=float(os.environ["CHAOS_DEDUP_SECONDS"]),
-    task_default_queue=os.environ["CHAOS_QUEUE"],
-    broker_connection_retry_on_startup=True,
-    timezone="UTC",
-)
+''', body='''\
 #: seconds each publish takes, half before the write and half after the broker's accept:
 #: a slow broker, whose windows a kill or a pause hits more often
 LATENCY = float(os.environ["CHAOS_PUBLISH_LATENCY"])
@@ -75,7 +64,7 @@ if LATENCY:
     @after_task_publish.connect(weak=False)
     def slow_broker(**kwargs):
         time.sleep(LATENCY / 2)
-'''
+''')
 TAKEOVER = re.compile(
     r"publishing again the run of '(?P<name>[^']+)' \((?P<task>[^)]*)\) for (?P<slot>\S+): "
     r"claimed by (?P<previous>\S+) at"
