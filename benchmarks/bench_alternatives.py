@@ -37,13 +37,17 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+#: the repository root: the harness shared with the tests lives there (it is not installed)
+sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("BEAT_BENCH_DB", "bsa_bench_ours")  # not the database of a plain bench run
 
 import bench_common as common  # noqa: E402  (shared with bench_scheduler.py, no SQLAlchemy)
 
+from harness import servers  # noqa: E402  (no SQLAlchemy either until a database is made)
+
 UTC = timezone.utc
 ALT_DB = os.environ.get("BEAT_BENCH_ALT_DB", "bsa_bench_alt")
-REDBEAT_URL = os.environ.get("BEAT_BENCH_REDBEAT_URL", "redis://127.0.0.1:6379/15")
+REDBEAT_URL = servers.redis_url("redbeat")
 #: scheduler -> (label, backends it runs on: None = its own store, whatever --backends says)
 SCHEDULERS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "ours": ("beatsqlalchemy", None),
@@ -726,16 +730,10 @@ def child_main(config: dict[str, Any]) -> dict[str, Any]:
 
 def server_database(create: bool) -> None:
     """Drop (and recreate) the alternatives' PostgreSQL database."""
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(common.SERVER_URLS["postgresql"], isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {ALT_DB} WITH (FORCE)"))
-            if create:
-                connection.execute(text(f"CREATE DATABASE {ALT_DB}"))
-    finally:
-        admin.dispose()
+    if create:
+        servers.create_database("postgresql", ALT_DB, "bench", replace=True)
+    else:
+        servers.drop_database("postgresql", ALT_DB, "bench")
 
 
 def run_json(command: list[str], budget: float) -> dict[str, Any] | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import resource
 import subprocess
@@ -16,12 +15,6 @@ from typing import Any
 
 #: the line prefix a child process prints its JSON result after (read by both parents)
 RESULT_MARK = "BENCH-RESULT "
-SERVER_URLS = {
-    "postgresql": os.environ.get(
-        "BEAT_BENCH_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-    ),
-    "mysql": os.environ.get("BEAT_BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/mysql"),
-}
 BACKEND_ALIASES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql",
                    "pg": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
 #: the tasks are due between now + OFFSET and now + OFFSET + SPREAD: nothing is due

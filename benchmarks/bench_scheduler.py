@@ -38,13 +38,15 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+#: the repository root: the harness shared with the tests lives there (it is not installed)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from bench_common import (
     CHANGE_TASKS,
     INTERVALS,
     OFFSET,
     PROBE_EVERY,
     RESULT_MARK,
-    SERVER_URLS,
     SPREAD,
     crontab_rows,
     parse_backends,
@@ -53,8 +55,10 @@ from bench_common import (
     proc_status_mb,
     spawn_writer,
 )
-from sqlalchemy import JSON, Engine, create_engine, delete, func, insert, select, text
+from sqlalchemy import JSON, Engine, delete, func, insert, select, text
 from sqlalchemy.engine import make_url
+
+from harness import servers
 
 UTC = timezone.utc
 #: the server database, dropped and recreated per N: give concurrent runs different names
@@ -74,7 +78,7 @@ METRICS = ("startup_s", "idle_tick_ms", "sync_ms", "read_ms", "rss_mb", "rss_bas
            "burst_s", "burst_runs_per_s", "change_api_beat_ms", "change_api_wall_ms",
            "change_sql_beat_ms", "change_sql_wall_ms")
 #: the Redis database the end-to-end case publishes to (flushed before each burst)
-E2E_BROKER = os.environ.get("BEAT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+E2E_BROKER = servers.redis_url("bench")
 #: plain-loop / beat-burst pairs per end-to-end process
 E2E_ROUNDS = 3
 
@@ -115,29 +119,12 @@ def database_url(backend: str, workdir: Path, n: int) -> str:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         return f"sqlite:///{path}"
-    admin = create_engine(SERVER_URLS[backend], isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            if backend == "postgresql":
-                connection.execute(text(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)"))
-            else:
-                connection.execute(text(f"DROP DATABASE IF EXISTS {DB_NAME}"))
-            connection.execute(text(f"CREATE DATABASE {DB_NAME}"))
-    finally:
-        admin.dispose()
-    return make_url(SERVER_URLS[backend]).set(database=DB_NAME).render_as_string(hide_password=False)
+    return servers.create_database(backend, DB_NAME, "bench", replace=True)
 
 
 def drop_database(backend: str) -> None:
-    if backend == "sqlite":
-        return
-    admin = create_engine(SERVER_URLS[backend], isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            force = " WITH (FORCE)" if backend == "postgresql" else ""
-            connection.execute(text(f"DROP DATABASE IF EXISTS {DB_NAME}{force}"))
-    finally:
-        admin.dispose()
+    if backend != "sqlite":
+        servers.drop_database(backend, DB_NAME, "bench")
 
 
 def task_chunks(n: int, interval_ids: list[int], crontab_ids: list[int],

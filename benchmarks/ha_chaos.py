@@ -38,58 +38,31 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import sys
 import tempfile
 import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import chaos
+#: the repository root: the harness shared with the tests lives there (it is not installed)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from beatsqlalchemy import db, migrate
+from harness import chaos, servers
 
-SERVER_URLS = {
-    "postgresql": os.environ.get(
-        "BEAT_BENCH_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-    ),
-    "mysql": os.environ.get("BEAT_BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/mysql"),
-}
 BACKEND_ALIASES = {"postgresql": "postgresql", "postgres": "postgresql", "pg": "postgresql",
                    "mysql": "mysql", "mariadb": "mysql"}
-BROKER_URL = os.environ.get("BEAT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+BROKER_URL = servers.redis_url("bench")
 #: mode -> (broker dedup, RunOnceTask start check)
 MODES = {"dedup": (True, False), "run-once": (False, True), "beat-only": (False, False)}
 
 
 def create_database(backend: str) -> tuple[str, str]:
-    """A new database on the server: (its URL, its name)."""
-    admin_url = make_url(SERVER_URLS[backend])
+    """A new migrated database on the server: (its URL, its name)."""
     name = f"bsa_chaos_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f"CREATE DATABASE {name}"))
-    finally:
-        admin.dispose()
-    url = admin_url.set(database=name).render_as_string(hide_password=False)
+    url = servers.create_database(backend, name, "bench")
     migrate.upgrade(db.get_engine(url))
     return url, name
-
-
-def drop_database(backend: str, name: str) -> None:
-    db.dispose_all()
-    admin = create_engine(make_url(SERVER_URLS[backend]), isolation_level="AUTOCOMMIT")
-    force = " WITH (FORCE)" if backend == "postgresql" else ""
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {name}{force}"))
-    finally:
-        admin.dispose()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             results.append(result)
         finally:
-            drop_database(backend, name)
+            servers.drop_database(backend, name, "bench")
             if args.logs is not None:
                 shutil.copytree(workdir, args.logs / label, dirs_exist_ok=True)
             shutil.rmtree(workdir, ignore_errors=True)

@@ -14,30 +14,17 @@ from celery.schedules import crontab, schedule
 from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session
 
-from beatsqlalchemy import api, db
+from beatsqlalchemy import api
 from beatsqlalchemy import schedules as sched
 from beatsqlalchemy.exceptions import ValidationError
 from beatsqlalchemy.models import Base, PeriodicTask
 from beatsqlalchemy.runids import DEPLOYMENT_TABLE
 from beatsqlalchemy.schedulers import DatabaseScheduler
 from beatsqlalchemy.store import Store
+from harness.helpers import stored, task_count
 
 UTC = timezone.utc
 TASKS = PeriodicTask.__table__
-
-
-def fresh(engine: Engine, name: str) -> PeriodicTask | None:
-    """The task ``name`` as stored, read in a new session (None when absent)."""
-    with db.session_factory(engine)() as session:
-        task = session.scalars(select(PeriodicTask).where(PeriodicTask.name == name)).one_or_none()
-        session.expunge_all()
-        return task
-
-
-def stored(engine: Engine, name: str) -> PeriodicTask:
-    task = fresh(engine, name)
-    assert task is not None, f"no task {name!r}"
-    return task
 
 
 def raw_row(engine: Engine, name: str) -> dict[str, Any]:
@@ -45,11 +32,6 @@ def raw_row(engine: Engine, name: str) -> dict[str, Any]:
     with engine.connect() as connection:
         row = connection.execute(select(TASKS).where(TASKS.c.name == name)).mappings().one()
     return dict(row)
-
-
-def task_count(engine: Engine) -> int:
-    with engine.connect() as connection:
-        return int(connection.execute(select(func.count()).select_from(TASKS)).scalar_one())
 
 
 @contextmanager
@@ -256,7 +238,7 @@ def test_install_deletes_removed_entries_when_asked(engine: Engine, session: Ses
     smaller = config_entries()
     del smaller["add-every-10s"]
     assert api.install_config_schedule(session, smaller, remove_missing=True) == (2, 1)
-    assert fresh(engine, "add-every-10s") is None
+    assert stored(engine, "add-every-10s") is None
     assert task_count(engine) == 2
 
 
@@ -291,7 +273,7 @@ def test_install_skips_a_bad_entry(
     for name in config_entries():
         assert stored(engine, name).source == "config"
     for name in ("bad-minute", "no-task", "bad-args", "bad-schedule", "bad-priority"):
-        assert fresh(engine, name) is None
+        assert stored(engine, name) is None
         assert any(name in record.getMessage() for record in caplog.records), name
     assert any("'61'" in record.getMessage() for record in caplog.records)
 
@@ -325,7 +307,7 @@ def test_scheduler_add_and_remove_like_redisbeat(engine: Engine, app: Celery) ->
     # a second process (a new scheduler object) sees and removes it
     other = DatabaseScheduler(app=app)
     assert other.remove("sub-perminute") is True
-    assert fresh(engine, "sub-perminute") is None
+    assert stored(engine, "sub-perminute") is None
     assert other.remove("sub-perminute") is False
     assert scheduler.remove("never-existed") is False
 

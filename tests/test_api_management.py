@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from celery import Celery
 from kombu.simple import SimpleQueue
-from run_ids import task_id_of
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
@@ -22,16 +21,9 @@ from beatsqlalchemy import schedules as sched
 from beatsqlalchemy.exceptions import TaskNotFound, ValidationError
 from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
 from beatsqlalchemy.schedulers import DatabaseScheduler
+from harness.helpers import stored, task_count, task_id_of
 
 UTC = timezone.utc
-
-
-def stored(engine: Engine, name: str) -> PeriodicTask | None:
-    """The task as the database has it, read in a new session."""
-    with db.session_factory(engine)() as session:
-        task = session.scalars(select(PeriodicTask).where(PeriodicTask.name == name)).one_or_none()
-        session.expunge_all()
-        return task
 
 
 def names(tasks: list[PeriodicTask]) -> list[str]:
@@ -44,11 +36,6 @@ def run_rows(engine: Engine, name: str) -> list[PeriodicTaskRun]:
         rows = list(session.scalars(query))
         session.expunge_all()
         return rows
-
-
-def task_count(engine: Engine) -> int:
-    with engine.connect() as connection:
-        return int(connection.execute(select(func.count()).select_from(PeriodicTask)).scalar_one())
 
 
 class Inbox:

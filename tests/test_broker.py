@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -20,23 +19,17 @@ from typing import Any
 import pytest
 from celery import Celery
 from kombu import Connection, Exchange, Queue
-from services import flushed_redis
 from sqlalchemy import select
 
 from beatsqlalchemy import broker, db, redis_push_once
 from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
 from beatsqlalchemy.schedulers import DatabaseScheduler
 from beatsqlalchemy.store import BEAT_HEADER
+from harness.helpers import tick_until
 
 redis = pytest.importorskip("redis")
 
-REDIS_URL = os.environ.get("BEAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 QUEUE = "beat-runs"
-
-
-@pytest.fixture
-def redis_url() -> str:
-    return flushed_redis(REDIS_URL)
 
 
 @pytest.fixture
@@ -244,14 +237,6 @@ def test_sentinel_brokers_get_the_push_once_sentinel_transport() -> None:
         assert "master_name" in options and broker.TTL_OPTION in options
     finally:
         app.close()
-
-
-def tick_until(scheduler: DatabaseScheduler, condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        scheduler.tick()
-        time.sleep(0.05)
 
 
 def run_state(scheduler: DatabaseScheduler, task_id: str) -> str | None:

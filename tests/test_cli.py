@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 from celery import Celery
 from click.testing import CliRunner, Result
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, select, text
 
 from beatsqlalchemy import api, db, describe, migrate
 from beatsqlalchemy.cli import celery_command, main, parse_duration
 from beatsqlalchemy.exceptions import ValidationError
-from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
+from beatsqlalchemy.models import PeriodicTaskRun
+from harness.helpers import stored, task_count
 
 UTC = timezone.utc
 APP_MODULE = "beatsqlalchemy_cli_test_app"
@@ -50,18 +51,6 @@ def failed(result: Result, code: int, *fragments: str) -> str:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
     assert result.stdout == ""
     return lines[0]
-
-
-def stored(engine: Engine, name: str) -> PeriodicTask | None:
-    with db.session_factory(engine)() as session:
-        task = session.scalars(select(PeriodicTask).where(PeriodicTask.name == name)).one_or_none()
-        session.expunge_all()
-        return task
-
-
-def task_count(engine: Engine) -> int:
-    with engine.connect() as connection:
-        return int(connection.execute(select(func.count()).select_from(PeriodicTask)).scalar_one())
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from run_ids import task_id_of
 from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -28,6 +27,7 @@ from beatsqlalchemy.runids import run_task_id
 from beatsqlalchemy.schedulers import DatabaseScheduler
 from beatsqlalchemy.schedules import utcnow
 from beatsqlalchemy.store import RUNS, Run, Store, Takeover
+from harness.helpers import task_id_of, tick_for, tick_until
 
 HOURLY = {"every": 1, "period": "hours"}
 HALF_SECOND = timedelta(milliseconds=500)
@@ -151,22 +151,6 @@ def beats(db_url: str) -> Iterator[Callable[..., Beat]]:
     for beat, app in made:
         beat.close()
         app.close()
-
-
-def tick_until(condition: Callable[[], bool], timeout: float, *schedulers: DatabaseScheduler) -> None:
-    """Tick the schedulers in turn until ``condition`` holds (fails after ``timeout``)."""
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < timeout, f"not within {timeout}s"
-        wait = min(s.tick() for s in schedulers)
-        time.sleep(min(wait, 0.02))
-
-
-def tick_for(seconds: float, *schedulers: DatabaseScheduler) -> None:
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        wait = min(s.tick() for s in schedulers)
-        time.sleep(min(wait, 0.02, left))
 
 
 def messages(caplog: pytest.LogCaptureFixture, level: int = logging.WARNING) -> list[str]:
@@ -407,11 +391,11 @@ def test_paused_beat_does_not_send_a_run_another_beat_republished(
         """A stops between its claim and its publish; B carries on past the claim timeout."""
         started = time.monotonic()
         paused.extend(runs)
-        tick_until(lambda: runs[0].task_id in {r.task_id for r in b.sent}, 4 * CLAIM_TIMEOUT, b)
+        tick_until(b, lambda: runs[0].task_id in {r.task_id for r in b.sent}, 4 * CLAIM_TIMEOUT)
         paused_for.append(time.monotonic() - started)
 
     a.pause = pause
-    tick_until(lambda: bool(paused) and a.pause is None, 2.0, a)
+    tick_until(a, lambda: bool(paused) and a.pause is None, 2.0)
     [held] = paused
     assert paused_for[0] > CLAIM_TIMEOUT  # B waited for the claim to go stale
     assert held.task_id not in {r.task_id for r in a.sent}  # A woke up and did not send it
@@ -419,7 +403,7 @@ def test_paused_beat_does_not_send_a_run_another_beat_republished(
     assert any("'pulse'" in m and "beat-a" in m and held.slot.isoformat() in m
                for m in messages(caplog)), messages(caplog)
 
-    tick_for(1.5, a, b)  # both keep going
+    tick_for(a, 1.5, b)  # both keep going
     every = a.sent + b.sent
     assert a.sent and b.sent
     sends = Counter((r.task_pk, r.slot) for r in every)
@@ -444,9 +428,9 @@ def test_slow_broker_does_not_make_another_beat_send_again(
     a, b = beats("beat-a"), beats("beat-b")
     a.send_delay = 0.4  # 4 sends: 1.6 s, longer than the 1 s claim timeout
     a.before_send = lambda run: b.tick()  # once A has claimed, B syncs all along (every 0.2 s)
-    tick_until(lambda: len(a.sent) == 4, 5.0, a)
+    tick_until(a, lambda: len(a.sent) == 4, 5.0)
     a.before_send = None
-    tick_for(1.5, a, b)
+    tick_for(a, 1.5, b)
 
     assert b.sent == []
     assert sorted(r.name for r in a.sent) == [f"batch{i}" for i in range(4)]
@@ -492,7 +476,7 @@ def test_refused_run_is_published_again_with_the_same_task_id(
     make(session, "nightly", slot)
     a = beats("beat-a")
     a.refuse = True
-    tick_until(lambda: bool(a.refused), 2.0, a)
+    tick_until(a, lambda: bool(a.refused), 2.0)
     refused_at = time.monotonic()
     [refused] = a.refused
     [row] = logged(engine)
@@ -503,9 +487,9 @@ def test_refused_run_is_published_again_with_the_same_task_id(
         other = a
     else:
         other = beats("beat-b")
-    tick_until(lambda: bool(other.sent), 3 * CLAIM_TIMEOUT, other)
+    tick_until(other, lambda: bool(other.sent), 3 * CLAIM_TIMEOUT)
     assert time.monotonic() - refused_at >= CLAIM_TIMEOUT * 0.9  # not before the timeout
-    tick_for(0.5, other)
+    tick_for(other, 0.5)
 
     [again] = other.sent
     assert len(a.refused) == 1  # not retried before the claim went stale
@@ -549,7 +533,7 @@ def test_a_burst_goes_out_in_batches_each_claimed_while_the_one_before_is_sent(
     events = record_claims(a)
     a.send_delay = 0.01
 
-    tick_until(lambda: len(a.sent) == 35, 10.0, a)
+    tick_until(a, lambda: len(a.sent) == 35, 10.0)
 
     assert Counter(r.task_pk for r in a.sent) == Counter(ids)
     claims = [size for kind, size in events if kind == "claim"]
@@ -574,7 +558,7 @@ def test_a_batch_whose_claim_loses_the_database_is_claimed_again_later(
 
     a.tick()
     assert len(a.sent) == 1 and a._outage_since is not None
-    tick_until(lambda: len(a.sent) == 25, 10.0, a)
+    tick_until(a, lambda: len(a.sent) == 25, 10.0)
 
     assert Counter(r.task_pk for r in a.sent) == Counter(ids)
     assert [size for kind, size in events if kind == "claim"][:2] == [1, 10]
@@ -599,8 +583,8 @@ def test_a_batch_recorded_in_the_background_after_the_database_went_away_is_not_
         mark_sent(run_ids, *args)
 
     a.store.mark_sent = fail_once  # type: ignore[method-assign]
-    tick_until(lambda: len(a.sent) == 15, 10.0, a)
-    tick_for(3 * CLAIM_TIMEOUT, a)  # past the claim timeout: a stale claim would be taken over
+    tick_until(a, lambda: len(a.sent) == 15, 10.0)
+    tick_for(a, 3 * CLAIM_TIMEOUT)  # past the claim timeout: a stale claim would be taken over
 
     assert failures and len(failures[0]) == 1
     assert Counter(r.task_pk for r in a.sent) == Counter(ids)
@@ -638,7 +622,7 @@ def test_beat_prunes_the_run_log_by_age(
     beat = beats("beat-a", run_log_days=7, batch_size=2)
     beat.tick()
     assert len(logged(engine)) == 2  # one batch per sync
-    tick_until(lambda: len(logged(engine)) == 1, 2.0, beat)
+    tick_until(beat, lambda: len(logged(engine)) == 1, 2.0)
     [kept] = logged(engine)
     assert kept.claimed_at == now - timedelta(days=6)
     pruned = [m for m in messages(caplog, logging.INFO) if "pruned" in m]

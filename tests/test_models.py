@@ -15,7 +15,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from beatsqlalchemy import db
 from beatsqlalchemy import schedules as sched
 from beatsqlalchemy.exceptions import ValidationError
 from beatsqlalchemy.models import (
@@ -29,6 +28,7 @@ from beatsqlalchemy.models import (
     get_session,
 )
 from beatsqlalchemy.runids import DEPLOYMENT_TABLE
+from harness.helpers import fresh
 
 UTC = timezone.utc
 LATER = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -41,14 +41,6 @@ def row_counts(engine: Engine) -> dict[str, int]:
             table.name: connection.execute(select(func.count()).select_from(table)).scalar_one()
             for table in Base.metadata.sorted_tables if table.name != DEPLOYMENT_TABLE
         }
-
-
-def fresh(engine: Engine, name: str) -> PeriodicTask:
-    """The task ``name`` as stored, read in a new session."""
-    with db.session_factory(engine)() as session:
-        task = session.scalars(select(PeriodicTask).where(PeriodicTask.name == name)).one()
-        session.expunge_all()
-        return task
 
 
 # -- invalid values: a table of cases ---------------------------------------------------

@@ -10,12 +10,9 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from databases import new_database
-from run_ids import task_id_of
-from services import flushed_redis
 from sqlalchemy import Engine, create_engine, delete, event, select, text, update
 from sqlalchemy.orm import Session
-from test_broker import QUEUE, REDIS_URL, queued, tick_until
+from test_broker import QUEUE, queued
 
 from beatsqlalchemy import api, db, migrate
 from beatsqlalchemy.exceptions import DeploymentIdMissing, ValidationError
@@ -24,6 +21,8 @@ from beatsqlalchemy.runids import DEPLOYMENT_TABLE
 from beatsqlalchemy.schedulers import DatabaseScheduler
 from beatsqlalchemy.schedules import utcnow
 from beatsqlalchemy.store import RUNS, TASKS, Run, Store
+from harness.helpers import task_id_of, tick_until
+from harness.servers import REDIS_URL, flushed_redis, new_database
 
 redis = pytest.importorskip("redis")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from beatsqlalchemy.models import PeriodicTask
 from beatsqlalchemy.schedulers import DatabaseScheduler
 from beatsqlalchemy.store import RUNS, TASKS, Run
+from harness.helpers import tick_for, tick_until
 
 HALF_SECOND = timedelta(milliseconds=500)
 
@@ -43,25 +44,6 @@ def beat(app: Celery) -> Iterator[RecordingScheduler]:
     scheduler = RecordingScheduler(app=app)
     yield scheduler
     scheduler.close()
-
-
-def tick_for(scheduler: DatabaseScheduler, seconds: float) -> None:
-    """Tick as celery beat does (sleeping what tick() asks, capped) for ``seconds``."""
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        wait = scheduler.tick()
-        assert wait >= 0
-        time.sleep(min(wait, 0.02, left))
-
-
-def tick_until(scheduler: DatabaseScheduler, condition: Callable[[], bool], timeout: float) -> float:
-    """Tick until ``condition`` holds; returns how long it took (fails after ``timeout``)."""
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < timeout, f"not within {timeout}s"
-        wait = scheduler.tick()
-        time.sleep(min(wait, 0.02))
-    return time.monotonic() - start
 
 
 def execute(engine: Engine, statement: str, **params: Any) -> None:

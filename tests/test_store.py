@@ -8,7 +8,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from run_ids import task_id_of
 from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -16,6 +15,7 @@ from sqlalchemy.orm import Session
 from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
 from beatsqlalchemy.schedules import utcnow
 from beatsqlalchemy.store import RUNS, TASKS, ClaimResult, Store
+from harness.helpers import task_id_of
 
 EVERY_10S = {"every": 10, "period": "seconds"}
 

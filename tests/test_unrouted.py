@@ -8,8 +8,6 @@ are untouched. And every option a task may set goes through a real publish as JS
 from __future__ import annotations
 
 import logging
-import os
-import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -19,17 +17,16 @@ from typing import Any
 import pytest
 from celery import Celery
 from kombu import Connection, Exchange, Queue
-from services import flushed_redis, reachable_amqp
 from sqlalchemy import select
 
 from beatsqlalchemy import api, broker
 from beatsqlalchemy.models import PeriodicTaskRun
 from beatsqlalchemy.schedulers import DatabaseScheduler
+from harness.helpers import tick_until
+from harness.servers import AMQP_URL, REDIS_URL, flushed_redis, reachable_amqp
 
 pytest.importorskip("redis")
 
-REDIS_URL = os.environ.get("BEAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
-AMQP_URL = os.environ.get("BEAT_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 DROPPED = "the broker dropped run"
 
 
@@ -63,10 +60,7 @@ def sent(scheduler: DatabaseScheduler, name: str) -> int:
 
 
 def tick_until_sent(scheduler: DatabaseScheduler, names: list[str], count: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not all(sent(scheduler, name) >= count for name in names):
-        assert time.monotonic() < deadline, f"runs of {names} not sent"
-        time.sleep(min(scheduler.tick(), 0.05))
+    tick_until(scheduler, lambda: all(sent(scheduler, name) >= count for name in names), timeout)
 
 
 @pytest.mark.parametrize(("kind", "dedup"), [("redis", 600.0), ("redis", 0.0), ("amqp", 600.0)])

@@ -23,6 +23,7 @@ from beatsqlalchemy.models import PeriodicTask
 from beatsqlalchemy.schedulers import DatabaseScheduler
 from beatsqlalchemy.store import Run, Store
 from beatsqlalchemy.watch import ChangeWatch, watch_for
+from harness.helpers import tick_for
 
 WATCHED = ("sqlite", "postgresql")
 
@@ -65,12 +66,6 @@ def wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> float:
         assert time.monotonic() - started < timeout, f"not within {timeout}s"
         time.sleep(0.005)
     return time.monotonic() - started
-
-
-def tick_for(scheduler: DatabaseScheduler, seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        time.sleep(min(scheduler.tick(), 0.02, left))
 
 
 def make(session: Session, name: str, due: datetime | None = None) -> PeriodicTask:

@@ -1,7 +1,7 @@
 """Real ``celery beat -S beatsqlalchemy`` and ``celery worker`` processes on a real broker
 and a real database: what users see when they run the scheduler.
 
-Every execution is recorded by the worker (see ``e2e_harness.APP_MODULE``); the
+Every execution is recorded by the worker (see ``harness.processes.APP_MODULE``); the
 assertions are on those executions, on beat's log and on the database rows.
 """
 
@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from e2e_harness import SYNC_INTERVAL, Cluster, Record, wait_for
 from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.orm import Session
 
 from beatsqlalchemy.models import PeriodicTask
 from beatsqlalchemy.schedulers import DatabaseScheduler
+from harness.processes import SYNC_INTERVAL, Cluster, Record, wait_for
 
 pytestmark = pytest.mark.e2e
 

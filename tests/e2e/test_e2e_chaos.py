@@ -1,7 +1,7 @@
 """Three real beats on one database while beats are killed, paused and restarted at random.
 
 There is no worker: the test reads every task message from the real Redis broker
-itself and compares them with the run log (see ``benchmarks/chaos.py``, shared with
+itself and compares them with the run log (see ``harness/chaos.py``, shared with
 ``benchmarks/ha_chaos.py``). The bar: no run sent twice, none lost, and no task's runs
 interrupted for longer than the claim timeout plus 2 s; with one beat killed for good,
 the other two keep every task on time. On Redis the beats push each run once, so the
@@ -15,7 +15,6 @@ workers under it do, and every run starts exactly once.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,14 +22,12 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from e2e_harness import Processes
 from sqlalchemy import func, select
 
 from beatsqlalchemy import db, migrate
 from beatsqlalchemy.models import PeriodicTaskRun
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import chaos
+from harness import chaos
+from harness.processes import Processes
 
 pytestmark = pytest.mark.e2e
 

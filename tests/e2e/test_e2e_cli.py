@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_harness import SYNC_INTERVAL, Cluster, wait_for
 from sqlalchemy import Engine, select
 
 from beatsqlalchemy import api, db
-from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
+from beatsqlalchemy.models import PeriodicTaskRun
+from harness.helpers import stored
+from harness.processes import SYNC_INTERVAL, Cluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -99,13 +100,6 @@ class Commands:
         assert len(lines) == 1 and lines[0].startswith("error: "), f"{args}: {result.stderr!r}"
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
         return lines[0]
-
-
-def stored(engine: Engine, name: str) -> PeriodicTask | None:
-    with db.session_factory(engine)() as session:
-        task = session.scalars(select(PeriodicTask).where(PeriodicTask.name == name)).one_or_none()
-        session.expunge_all()
-        return task
 
 
 # -- every command, in a real process, both spellings ----------------------------------------

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_harness import Processes, wait_for
 from sqlalchemy import Engine, func, select
 
 from beatsqlalchemy.db import session_factory
 from beatsqlalchemy.models import CrontabSchedule, PeriodicTask
+from harness.processes import Processes, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -10,9 +10,10 @@ import json
 import time
 
 import pytest
-from e2e_harness import Cluster
 from sqlalchemy import Engine
 from test_e2e_beat import EFFECT, schedule_id, sql, task_row
+
+from harness.processes import Cluster
 
 pytestmark = pytest.mark.e2e
 

@@ -17,11 +17,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from celery import Celery
-from e2e_harness import APP_MODULE, Cluster, wait_for
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
+from harness.processes import APP_MODULE, Cluster, wait_for
 
 pytestmark = pytest.mark.e2e
 

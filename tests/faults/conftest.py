@@ -1,19 +1,16 @@
 """Fixtures of the fault suite: the Redis broker, new databases, TCP proxies in front of
 the database servers, real beat processes behind them (started with
-``tests/e2e/e2e_harness.py``), and the table of injected faults printed at the end.
+``harness.processes``), and the table of injected faults printed at the end.
 
-Server URLs come from ``BEAT_TEST_POSTGRESQL_URL`` / ``BEAT_TEST_MYSQL_URL`` (as in
-``tests/conftest.py``), the broker from ``BEAT_TEST_REDIS_URL`` (default
-``redis://127.0.0.1:6379/12``; the tests flush that database). On a failure, the logs of
-every process a test started are added to the report.
+Servers and broker are those of ``harness.servers`` (``BEAT_TEST_POSTGRESQL_URL``,
+``BEAT_TEST_MYSQL_URL``; the ``redis_url`` fixture of ``tests/conftest.py``). On a failure,
+the logs of every process a test started are added to the report (``tests/conftest.py``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import sys
 import time
 import uuid
 from collections import Counter
@@ -22,30 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from beatsqlalchemy import db, migrate
 from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
+from harness.processes import APP_MODULE, CeleryProcess, Cluster, Processes, wait_for
+from harness.proxy import Proxy
+from harness.reader import QueueReader
+from harness.servers import Databases
 
-sys.path.append(str(Path(__file__).resolve().parents[1] / "e2e"))
-from e2e_harness import APP_MODULE, CeleryProcess, Cluster, Processes, wait_for
-from services import flushed_redis, unavailable
-
-from .proxy import Proxy, QueueReader
-
-REDIS_URL = os.environ.get("BEAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
-SERVER_URLS = {
-    "postgresql": os.environ.get("BEAT_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
-    "mysql": os.environ.get("BEAT_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
-}
-LOG_TAIL = 200
 #: the Celery task every test task sends (the harness's app defines it)
 TASK = "e2e.record"
 #: the harness's app, plus the settings a test passes as JSON in ``E2E_EXTRA_CONF``
 APP_WITH_EXTRA = APP_MODULE + '\napp.conf.update(json.loads(os.environ.get("E2E_EXTRA_CONF") or "{}"))\n'
-
-PROCESSES_KEY = pytest.StashKey[Processes]()
 
 #: one row per fault injected (see ``fault_table``), printed at the end of the run
 FAULT_ROWS: list[dict[str, Any]] = []
@@ -58,45 +45,20 @@ FAULT_COLUMNS = ("backend", "fault", "outage (s)", "noticed after (s)", "first s
 # -- services -----------------------------------------------------------------------------------
 
 @pytest.fixture
-def redis_url() -> str:
-    """The Redis broker URL, its database flushed."""
-    return flushed_redis(REDIS_URL)
-
-
-def admin_engine(backend: str) -> Any:
-    """An AUTOCOMMIT engine on the server's administrative database."""
-    return create_engine(make_url(SERVER_URLS[backend]), isolation_level="AUTOCOMMIT")
-
-
-@pytest.fixture
 def make_database() -> Iterator[Callable[..., str]]:
     """Makes a new database on a server (``postgresql`` or ``mysql``), migrated to head
     unless ``migrated=False``; returns its URL (as the server's admin user). Dropped at
     teardown."""
-    created: list[tuple[str, Any, str]] = []
+    databases = Databases()
 
     def make(backend: str, migrated: bool = True) -> str:
-        admin = admin_engine(backend)
-        name = f"bsa_faults_{uuid.uuid4().hex[:10]}"
-        try:
-            with admin.connect() as connection:
-                connection.execute(text(f"CREATE DATABASE {name}"))
-        except Exception as exc:
-            admin.dispose()
-            unavailable(f"{backend} at {db.redact(SERVER_URLS[backend])} is unavailable: {exc}")
-        created.append((backend, admin, name))
-        url = admin.url.set(database=name).render_as_string(hide_password=False)
+        url = databases.new(backend, "faults")
         if migrated:
             migrate.upgrade(db.get_engine(url))
-        return str(url)
+        return url
 
     yield make
-    db.dispose_all()
-    for backend, admin, name in created:
-        force = " WITH (FORCE)" if backend == "postgresql" else ""
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {name}{force}"))
-        admin.dispose()
+    databases.drop_all()
 
 
 @pytest.fixture
@@ -114,15 +76,6 @@ def make_proxy() -> Iterator[Callable[[str], Proxy]]:
     yield make
     for proxy in proxies:
         proxy.close()
-
-
-@pytest.fixture
-def processes(request: pytest.FixtureRequest, tmp_path: Path) -> Processes:
-    """Celery processes stopped at teardown; their logs go into the report on failure."""
-    group = Processes(tmp_path)
-    request.node.stash[PROCESSES_KEY] = group
-    request.addfinalizer(group.stop_all)
-    return group
 
 
 # -- a real beat behind a proxy -----------------------------------------------------------------
@@ -236,16 +189,3 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.write_line("|" + "---|" * len(FAULT_COLUMNS))
     for row in FAULT_ROWS:
         terminalreporter.write_line("| " + " | ".join(str(row.get(c, "-")) for c in FAULT_COLUMNS) + " |")
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
-    group = item.stash.get(PROCESSES_KEY, None)
-    if report.failed and group is not None:
-        for title, log in group.logs():
-            lines = log.splitlines()
-            shown = "\n".join(lines[-LOG_TAIL:])
-            cut = f"[... {len(lines) - LOG_TAIL} earlier lines]\n" if len(lines) > LOG_TAIL else ""
-            report.sections.append((f"log of {title}", cut + shown))

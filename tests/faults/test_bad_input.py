@@ -44,6 +44,7 @@ from beatsqlalchemy.models import (
 )
 from beatsqlalchemy.runids import DEPLOYMENT_TABLE
 from beatsqlalchemy.schedulers import DatabaseScheduler
+from harness.helpers import print_in_summary
 
 UTC = timezone.utc
 LATER = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -55,13 +56,10 @@ TRIED: Counter[str] = Counter()
 @pytest.fixture(scope="module", autouse=True)
 def _summary(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None and TRIED:
+    if TRIED:
         parts = ", ".join(f"{key} {value}" for key, value in TRIED.items())
-        with capture.global_and_fixture_disabled():
-            total = sum(count for key, count in TRIED.items() if "of which" not in key)
-            reporter.write_line(f"\nbad input: {total} bad inputs tried ({parts})")
+        total = sum(count for key, count in TRIED.items() if "of which" not in key)
+        print_in_summary(request.config, f"\nbad input: {total} bad inputs tried ({parts})")
 
 
 # -- the table -----------------------------------------------------------------------------------

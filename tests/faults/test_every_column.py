@@ -12,13 +12,13 @@ import math
 from typing import Any
 
 import pytest
-from databases import clear_tables
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from beatsqlalchemy import api
 from beatsqlalchemy.exceptions import ValidationError
 from beatsqlalchemy.models import SCHEDULE_MODELS, PeriodicTask
+from harness.helpers import clear_tables
 
 from .test_bad_input import LATER, TRIED, stored_state
 from .test_bad_input import _summary as _summary  # the count of bad inputs tried, at the end

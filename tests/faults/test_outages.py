@@ -1,6 +1,6 @@
 """Database outages under a real ``celery beat -S beatsqlalchemy``.
 
-Beat reaches PostgreSQL and MariaDB through a TCP proxy (``proxy.py``) that drops every
+Beat reaches PostgreSQL and MariaDB through a TCP proxy (``harness/proxy.py``) that drops every
 connection and refuses new ones for a while; the test reads every task message from the
 real Redis queue (no worker) and compares them with the run log. What users must see:
 beat stays up; it sends nothing during the cut except runs it had claimed before; it
@@ -26,14 +26,15 @@ from typing import Any
 import pytest
 from celery import Celery
 from celery.signals import after_task_publish
-from e2e_harness import wait_for
 
 from beatsqlalchemy import db
 from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
 from beatsqlalchemy.schedulers import DatabaseScheduler
+from harness.processes import wait_for
+from harness.proxy import RESET, Proxy
+from harness.reader import Message, QueueReader
 
 from .conftest import TASK, BeatBehindProxy
-from .proxy import RESET, Message, Proxy, QueueReader
 
 pytestmark = pytest.mark.e2e
 

@@ -24,7 +24,6 @@ from urllib.parse import quote
 
 import pytest
 from celery import Celery
-from e2e_harness import Cluster, Processes, wait_for
 from sqlalchemy.engine import make_url
 
 from beatsqlalchemy import api, db
@@ -32,8 +31,8 @@ from beatsqlalchemy.exceptions import SchemaNotReady, ValidationError
 from beatsqlalchemy.schedulers import DatabaseScheduler
 from beatsqlalchemy.store import BEAT_HEADER
 from beatsqlalchemy.worker import RunOnceTask
-
-from .proxy import Proxy
+from harness.processes import Cluster, Processes, wait_for
+from harness.proxy import Proxy
 
 MakeDatabase = Callable[..., str]
 BIN = Path(sys.executable).parent

@@ -25,7 +25,6 @@ from typing import Any
 import pytest
 from celery import Celery
 from click.testing import CliRunner
-from e2e_harness import Cluster, Processes
 from sqlalchemy import JSON, Engine, LargeBinary, PickleType, create_engine, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -35,9 +34,11 @@ from beatsqlalchemy import api, cli, db
 from beatsqlalchemy.exceptions import SchemaNotReady
 from beatsqlalchemy.models import Base, PeriodicTask, PeriodicTaskRun
 from beatsqlalchemy.schedulers import DatabaseScheduler
+from harness.processes import Cluster, Processes
+from harness.proxy import Proxy
+from harness.servers import admin_engine
 
-from .conftest import TASK, BeatBehindProxy, admin_engine
-from .proxy import Proxy
+from .conftest import TASK, BeatBehindProxy
 
 MakeBeat = Callable[..., BeatBehindProxy]
 MakeDatabase = Callable[..., str]

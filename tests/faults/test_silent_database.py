@@ -1,7 +1,7 @@
 """A database that stops answering (a partition: nothing refused, nothing answered) fails
 within ``beat_sqlalchemy_database_timeout`` on beat's engine, like one that is down.
 
-The engine-level tests put PostgreSQL and MariaDB behind the proxy of ``proxy.py`` in its
+The engine-level tests put PostgreSQL and MariaDB behind the proxy of ``harness/proxy.py`` in its
 partition mode; the test with a real beat is in ``test_outages.py``.
 """
 
@@ -20,8 +20,7 @@ from beatsqlalchemy.config import BeatConfig
 from beatsqlalchemy.deadlines import DatabaseTimeout
 from beatsqlalchemy.exceptions import ValidationError
 from beatsqlalchemy.watch import watch_for
-
-from .proxy import Proxy
+from harness.proxy import Proxy
 
 BACKENDS = ("postgresql", "mysql")
 BOUND = 1.0

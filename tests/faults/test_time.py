@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
@@ -40,6 +39,7 @@ from beatsqlalchemy.models import PeriodicTask
 from beatsqlalchemy.schedulers import DatabaseScheduler
 from beatsqlalchemy.schedules import Cron, Interval, after_run, first_run
 from beatsqlalchemy.store import Run
+from harness.helpers import print_in_summary, tick_for
 
 UTC = timezone.utc
 MINUTE = timedelta(minutes=1)
@@ -67,12 +67,9 @@ def utc(*parts: int) -> datetime:
 @pytest.fixture(scope="module", autouse=True)
 def _summary(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None and CHECKED:
+    if CHECKED:
         parts = ", ".join(f"{key} {value}" for key, value in CHECKED.items())
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(f"\ntime: DST cases checked: {parts}")
+        print_in_summary(request.config, f"\ntime: DST cases checked: {parts}")
 
 
 # -- transitions of a zone ----------------------------------------------------------------
@@ -527,12 +524,6 @@ class RecordingScheduler(DatabaseScheduler):
     def _send(self, run: Run) -> bool:
         self.sent.append(run)
         return True
-
-
-def tick_for(scheduler: DatabaseScheduler, seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        time.sleep(min(scheduler.tick(), 0.02, left))
 
 
 def new_app(db_url: str, tz_name: str, enable_utc: bool) -> Celery:

@@ -28,7 +28,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from e2e_harness import APP_MODULE, Cluster, Processes, wait_for
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from test_unreadable import BAD_TIMES, MISSING_EPHEM
@@ -36,9 +35,10 @@ from test_unreadable import BAD_TIMES, MISSING_EPHEM
 from beatsqlalchemy import db, migrate
 from beatsqlalchemy.cli import main as cli_main
 from beatsqlalchemy.models import PeriodicTask
+from harness.processes import APP_MODULE, Cluster, Processes, wait_for
+from harness.reader import QueueReader
 
 from .conftest import TASK
-from .proxy import QueueReader
 
 UTC = timezone.utc
 #: the beat's app, without ``ephem`` (importing it raises ImportError)

@@ -20,9 +20,6 @@ import os
 import random
 import re
 import signal
-import socket
-import sys
-import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -38,9 +35,8 @@ from sqlalchemy import Engine, func, select, update
 from beatsqlalchemy import db
 from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
 from beatsqlalchemy.worker import first_start
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-from e2e_harness import CeleryProcess, Processes, wait_for
+from harness.processes import CeleryProcess, Processes, app_module, wait_for
+from harness.reader import QueueReader
 
 logger = logging.getLogger("chaos")
 
@@ -48,24 +44,13 @@ TASK_NAME = "chaos.tick"
 SLOT = 1.0  # every task is due every second
 #: how long a beat may take to start (import, connect, first sync) on a loaded machine
 START_TIMEOUT = 60.0
-APP_MODULE = '''\
-"""The Celery app the chaos beats run: a database, a broker queue, no tasks of its own."""
-
-import os
-
-from celery import Celery
-
-app = Celery("chaosapp", broker=os.environ["CHAOS_BROKER_URL"])
-app.conf.update(
-    beat_sqlalchemy_url=os.environ["CHAOS_DB_URL"],
-    beat_sqlalchemy_sync_interval=float(os.environ["CHAOS_SYNC_INTERVAL"]),
+APP_MODULE = app_module(
+    "The Celery app the chaos beats run: a database, a broker queue, no tasks of its own.", "CHAOS",
+    settings='''\
     beat_sqlalchemy_claim_timeout=float(os.environ["CHAOS_CLAIM_TIMEOUT"]),
     beat_sqlalchemy_identity=os.environ["CHAOS_IDENTITY"],
     beat_sqlalchemy_broker_dedup_seconds=float(os.environ["CHAOS_DEDUP_SECONDS"]),
-    task_default_queue=os.environ["CHAOS_QUEUE"],
-    broker_connection_retry_on_startup=True,
-    timezone="UTC",
-)
+''', body='''\
 #: seconds each publish takes, half before the write and half after the broker's accept:
 #: a slow broker, whose windows a kill or a pause hits more often
 LATENCY = float(os.environ["CHAOS_PUBLISH_LATENCY"])
@@ -79,7 +64,7 @@ if LATENCY:
     @after_task_publish.connect(weak=False)
     def slow_broker(**kwargs):
         time.sleep(LATENCY / 2)
-'''
+''')
 TAKEOVER = re.compile(
     r"publishing again the run of '(?P<name>[^']+)' \((?P<task>[^)]*)\) for (?P<slot>\S+): "
     r"claimed by (?P<previous>\S+) at"
@@ -94,71 +79,20 @@ IN_FLIGHT = 0.5
 
 # -- the broker side: every message, as it arrives ------------------------------------
 
-@dataclass(frozen=True)
-class Message:
-    """One task message read from the broker."""
-
-    task: str
-    id: str
-    received: float
-    headers: dict[str, Any]
-    args: list[Any]
-
-
-class BrokerReader:
+class BrokerReader(QueueReader):
     """Consumes the test queue in a thread (no worker), recording every message. With
     ``starts`` it also does, for each message, what a ``RunOnceTask`` worker does before
     running it: ``starts(task_id)`` records the run's start in the run log."""
 
     def __init__(self, broker_url: str, queue: str, starts: Callable[[str], bool] | None = None) -> None:
-        self.broker_url = broker_url
-        self.queue = queue
+        super().__init__(broker_url, queue)
         self.starts = starts
         #: task ids whose start ``starts`` refused: copies a worker would have dropped
         self.dropped: list[str] = []
-        self.messages: list[Message] = []
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="broker-reader", daemon=True)
 
-    def start(self) -> None:
-        """Declare the queue and start consuming; returns once the consumer is ready."""
-        self._thread.start()
-        wait_for(lambda: self._ready.is_set() or self.error, 30, "the broker consumer")
-        if self.error is not None:
-            raise self.error
-
-    def _run(self) -> None:
-        from kombu import Connection, Consumer
-
-        try:
-            with Connection(self.broker_url) as connection, Consumer(
-                connection, [self._kombu_queue()], callbacks=[self._on_message],
-                accept=["json"], no_ack=True,
-            ):
-                self._ready.set()
-                while not self._stop.is_set():
-                    with contextlib.suppress(socket.timeout, TimeoutError):
-                        connection.drain_events(timeout=0.2)
-        except BaseException as exc:  # reported by the main thread
-            self.error = exc
-            self._ready.set()
-
-    def _kombu_queue(self) -> Any:
-        from kombu import Exchange, Queue
-
-        # what Celery declares for ``task_default_queue``
-        return Queue(self.queue, Exchange(self.queue, type="direct"), routing_key=self.queue)
-
-    def _on_message(self, body: Any, message: Any) -> None:
-        received = time.time()
-        headers = dict(message.headers or {})
-        args = body[0] if isinstance(body, list | tuple) and body else []
-        task_id = str(headers.get("id"))
-        self.messages.append(Message(
-            task=str(headers.get("task")), id=task_id, received=received, headers=headers, args=list(args),
-        ))
+    def _on_message(self, message: Any) -> None:
+        super()._on_message(message)
+        task_id = self.messages[-1].id
         if self.starts is not None and not self.starts(task_id):
             self.dropped.append(task_id)
 
@@ -175,18 +109,10 @@ class BrokerReader:
         self.stop()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
+        """Stop consuming; raises what made the consumer fail, if anything did."""
+        super().stop()
         if self.error is not None:
             raise RuntimeError(f"the broker consumer failed: {self.error!r}") from self.error
-
-    def delete_queue(self) -> None:
-        """Remove the queue and its binding from the broker."""
-        from kombu import Connection
-
-        with contextlib.suppress(Exception), Connection(self.broker_url) as connection:
-            self._kombu_queue()(connection.default_channel).delete()
 
 
 # -- the beats -------------------------------------------------------------------------

@@ -29,23 +29,32 @@ SYNC_INTERVAL = 0.5
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
-APP_MODULE = '''\
-"""The Celery app the end-to-end tests run beat and a worker on."""
 
-import json
-import os
-import time
+def app_module(doc: str, prefix: str, imports: tuple[str, ...] = (), settings: str = "",
+               body: str = "") -> str:
+    """The source of a small Celery app module on beatsqlalchemy, configured from the
+    environment variables ``<prefix>_BROKER_URL``, ``_DB_URL``, ``_SYNC_INTERVAL`` and
+    ``_QUEUE``; ``imports`` (module names), ``settings`` (lines of its ``conf.update``) and
+    ``body`` add to it."""
+    name = prefix.lower() + "app"
+    modules = "".join(f"import {module}\n" for module in sorted({*imports, "os"}))
+    return (
+        f'"""{doc}"""\n\n{modules}\nfrom celery import Celery\n\n'
+        f'app = Celery("{name}", broker=os.environ["{prefix}_BROKER_URL"])\n'
+        f"app.conf.update(\n"
+        f'    beat_sqlalchemy_url=os.environ["{prefix}_DB_URL"],\n'
+        f'    beat_sqlalchemy_sync_interval=float(os.environ["{prefix}_SYNC_INTERVAL"]),\n'
+        f"{settings}"
+        f'    task_default_queue=os.environ["{prefix}_QUEUE"],\n'
+        f"    broker_connection_retry_on_startup=True,\n"
+        f'    timezone="UTC",\n'
+        f")\n{body}"
+    )
 
-from celery import Celery
 
-app = Celery("e2eapp", broker=os.environ["E2E_BROKER_URL"])
-app.conf.update(
-    beat_sqlalchemy_url=os.environ["E2E_DB_URL"],
-    beat_sqlalchemy_sync_interval=float(os.environ["E2E_SYNC_INTERVAL"]),
-    task_default_queue=os.environ["E2E_QUEUE"],
-    broker_connection_retry_on_startup=True,
-    timezone="UTC",
-)
+#: the app of the end-to-end tests: its one task appends a line per execution to ``E2E_RECORD``
+APP_MODULE = app_module("The Celery app the end-to-end tests run beat and a worker on.", "E2E",
+                        imports=("json", "time"), body='''\
 RECORD = os.environ["E2E_RECORD"]
 
 
@@ -58,7 +67,8 @@ def record(self, tag, *args, **kwargs):
     })
     with open(RECORD, "a", encoding="utf-8") as out:
         out.write(line + "\\n")
-'''
+''')
+
 
 T = TypeVar("T")
 
