@@ -31,6 +31,7 @@ from sqlalchemy import (
     false,
     select,
 )
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
@@ -39,6 +40,7 @@ from sqlalchemy.orm import (
     Mapped,
     Session,
     mapped_column,
+    object_session,
     relationship,
     validates,
 )
@@ -376,8 +378,6 @@ def as_id(field: str, value: Any) -> int | None:
 def as_primary_key(row: Any, value: Any) -> int | None:
     """A row's own id as a writer gives it: ``as_id``, and never a change of a stored
     row's id (a free id for a new row is checked when it is written)."""
-    from sqlalchemy import inspect as sa_inspect
-
     number = as_id("id", value)
     if sa_inspect(row).persistent and number != row.id:
         raise ValidationError("id", value, "the id of a stored row cannot change")
@@ -854,8 +854,6 @@ class PeriodicTask(Base):
 
     def validate(self) -> None:
         """Checks that span several fields; the single-field ones run on assignment."""
-        from sqlalchemy import inspect as sa_inspect
-
         state = sa_inspect(self)
         # Until the flush syncs foreign keys, a changed relationship is what counts (a
         # schedule set to None still has its old id), and a changed id where the
@@ -1108,8 +1106,6 @@ def interval_fields(delta: timedelta) -> dict[str, Any]:
 
 def resolve_schedule(session: Session, kind: str, value: Any) -> ScheduleMixin:
     """The schedule row for ``value``: an equal existing row, or a new one."""
-    from sqlalchemy import inspect as sa_inspect
-
     model = SCHEDULE_MODELS[kind]
     if isinstance(value, model):
         state = sa_inspect(value)
@@ -1135,33 +1131,61 @@ def resolve_schedule(session: Session, kind: str, value: Any) -> ScheduleMixin:
     return candidate
 
 
-@event.listens_for(Session, "before_flush")
-def _validate_and_schedule(session: Session, _context: Any, _instances: Any) -> None:
-    """Every task written through the ORM is validated and gets its ``next_run_at``."""
-    now = sched.utcnow()
-    for obj in list(session.new) + list(session.dirty):
-        if not isinstance(obj, (ScheduleMixin, PeriodicTask)):
-            continue
-        if obj in session.new:
-            check_free_id(session, obj)
-        if isinstance(obj, ScheduleMixin):
-            obj.check()
-            obj.check_unique(session)
-            continue
-        obj.validate()
-        # a writer that clears next_run_at of an enabled task gets it computed again
-        # (beat's window never reads NULL: the task would never run)
-        cleared = obj.enabled and obj.next_run_at is None and obj.schedule_error is None
-        if obj in session.new or _schedule_changed(obj) or cleared:
-            with session.no_autoflush:
-                obj.next_run_at = obj.compute_next_run(now)
-            obj.schedule_error = None
+# -- validation on every ORM write of our rows -----------------------------------------
+#
+# Mapper-level events on our models only: any session (ours, the host application's, an
+# admin library's) that inserts or updates a task or a schedule row runs these checks, and
+# a flush of the host application's own models runs none of our code.
+
+def _check_schedule_row(_mapper: Any, _connection: Any, row: ScheduleMixin) -> None:
+    """A schedule row is complete, takes a free id and equals no stored row."""
+    session = object_session(row)
+    if session is None:  # pragma: no cover (a flush always has its session)
+        return
+    if sa_inspect(row).pending:
+        check_free_id(session, row)
+    row.check()
+    row.check_unique(session)
+
+
+def _check_task_insert(_mapper: Any, _connection: Any, task: PeriodicTask) -> None:
+    """A new task is validated and gets its ``next_run_at``."""
+    session = object_session(task)
+    if session is not None:
+        check_free_id(session, task)
+    task.validate()
+    _schedule(task)
+
+
+def _check_task_update(_mapper: Any, _connection: Any, task: PeriodicTask) -> None:
+    """A changed task is validated; a change of its schedule moves ``next_run_at``."""
+    task.validate()
+    # a writer that clears next_run_at of an enabled task gets it computed again
+    # (beat's window never reads NULL: the task would never run)
+    cleared = task.enabled and task.next_run_at is None and task.schedule_error is None
+    if cleared or _schedule_changed(task):
+        _schedule(task)
+
+
+def _schedule(task: PeriodicTask) -> None:
+    session = object_session(task)
+    if session is None:  # pragma: no cover
+        task.next_run_at = task.compute_next_run()
+    else:
+        with session.no_autoflush:
+            task.next_run_at = task.compute_next_run()
+    task.schedule_error = None
+
+
+for _model in SCHEDULE_MODELS.values():
+    event.listen(_model, "before_insert", _check_schedule_row)
+    event.listen(_model, "before_update", _check_schedule_row)
+event.listen(PeriodicTask, "before_insert", _check_task_insert)
+event.listen(PeriodicTask, "before_update", _check_task_update)
 
 
 def _schedule_changed(task: PeriodicTask) -> bool:
-    from sqlalchemy import inspect
-
-    state = inspect(task)
+    state = sa_inspect(task)
     if state.attrs.next_run_at.history.has_changes():
         return False  # the writer set next_run_at itself
     return any(state.attrs[name].history.has_changes() for name in SCHEDULE_COLUMNS)
