@@ -21,21 +21,15 @@ from sqlalchemy.sql.elements import ColumnElement
 from . import describe
 from . import schedules as sched
 from .config import BeatConfig
+from .constants import CONFIG_SOURCE as CONFIG_SOURCE  # re-exported: part of the api
+from .constants import DATABASE_SOURCE as DATABASE_SOURCE
+from .constants import SCHEDULE_KINDS, SENT
 from .db import get_engine, prepare_write, session_factory
 from .exceptions import TaskNotFound, ValidationError
 from .message_options import OPTION_COLUMNS, check_headers, check_options
 from .migrate import ensure_schema
-from .models import CONFIG_SOURCE as CONFIG_SOURCE  # re-exported: part of the api
-from .models import DATABASE_SOURCE as DATABASE_SOURCE
-from .models import (
-    SCHEDULE_KINDS,
-    PeriodicTask,
-    PeriodicTaskRun,
-    as_bool,
-    as_int,
-    as_json,
-    as_name,
-)
+from .models import PeriodicTask, PeriodicTaskRun
+from .validators import as_bool, as_int, as_json, as_name
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +183,6 @@ def runs(
 # -- managing tasks by name ---------------------------------------------------------------
 
 #: the run-log state of a run sent by ``run_now``
-SENT = "sent"
 #: what ``export_tasks`` writes for each task: its definition, not its run state
 DEFINITION_FIELDS = (
     "args", "kwargs", "queue", "exchange", "routing_key", "headers", "priority", "expires",

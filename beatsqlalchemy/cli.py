@@ -571,8 +571,8 @@ def _schedule(every: str | None, cron: str | None, tz: str | None, at: str | Non
               solar: tuple[str, str, str] | None, current: Any = None) -> dict[str, Any]:
     """The schedule keyword for ``save_task`` from the schedule options (or {}). An
     option given empty counts as given (and is refused by its parser)."""
-    from .models import as_datetime
     from .schedules import split_cron, zone
+    from .validators import as_datetime
 
     given = [flag for flag, value in (("--every", every), ("--cron", cron), ("--at", at),
                                       ("--solar", solar)) if value is not None]

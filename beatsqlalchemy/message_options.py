@@ -14,10 +14,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from .constants import BEAT_HEADER
 from .exceptions import ValidationError
-
-#: the header beat puts on every run it publishes (``RunOnceTask`` checks only those)
-BEAT_HEADER = "celery_beat_task"
 
 #: headers Celery, kombu or the worker read as their own: the fields of a protocol 2
 #: message (``celery.app.amqp.AMQP.as_task_v2``), kombu's ``compression``, and every

@@ -16,7 +16,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils import json as kombu_json
 
 from .broker import TTL_OPTION, report_unrouted
-from .store import BEAT_HEADER
+from .constants import BEAT_HEADER
 
 logger = logging.getLogger(__name__)
 _dumps: Callable[[Any], str] = kombu_json.dumps  # how kombu's Redis channel encodes a message

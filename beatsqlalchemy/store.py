@@ -37,27 +37,23 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import NullType
 
 from . import schedules as sched
+from .constants import ABANDONED, BEAT_HEADER, CLAIMED, SCHEDULE_KINDS, SENT, SKIPPED
 from .db import begin_write, outside_transaction
 from .exceptions import ValidationError
-from .message_options import BEAT_HEADER as BEAT_HEADER  # re-exported: worker and broker read it here
 from .message_options import check_headers, check_options
 from .models import (
     ROW_ERRORS,
-    SCHEDULE_KINDS,
     ClockedSchedule,
     CrontabSchedule,
     IntervalSchedule,
     PeriodicTask,
     PeriodicTaskRun,
     SolarSchedule,
-    as_int,
-    as_misfire_policy,
-    as_name,
-    parse_json,
     readable,
     row_error,
 )
 from .runids import deployment_id, run_task_id
+from .validators import as_int, as_misfire_policy, as_name, parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +109,6 @@ def _window_statement() -> Any:
     )
 
 
-CLAIMED, SENT, ABANDONED, SKIPPED = "claimed", "sent", "abandoned", "skipped"
 #: the near window plus probes for flagged tasks and the oldest unconfirmed claim, built once
 _WINDOW = _window_statement()
 #: the latest time a ``next_run_at`` can hold and beat read

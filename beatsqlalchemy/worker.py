@@ -21,9 +21,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import schedules as sched
 from .config import BeatConfig
+from .constants import BEAT_HEADER
 from .db import get_engine
 from .schedulers import describe
-from .store import BEAT_HEADER, Store
+from .store import Store
 
 logger = logging.getLogger(__name__)
 

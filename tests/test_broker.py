@@ -24,9 +24,9 @@ from services import flushed_redis
 from sqlalchemy import select
 
 from beatsqlalchemy import broker, db, redis_push_once
+from beatsqlalchemy.constants import BEAT_HEADER
 from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
 from beatsqlalchemy.schedulers import DatabaseScheduler
-from beatsqlalchemy.store import BEAT_HEADER
 
 redis = pytest.importorskip("redis")
 

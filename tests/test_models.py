@@ -17,10 +17,10 @@ from sqlalchemy.orm import Session
 
 from beatsqlalchemy import db
 from beatsqlalchemy import schedules as sched
+from beatsqlalchemy.celery_schedules import ClockedCelerySchedule
 from beatsqlalchemy.exceptions import ValidationError
 from beatsqlalchemy.models import (
     Base,
-    ClockedCelerySchedule,
     ClockedSchedule,
     CrontabSchedule,
     IntervalSchedule,

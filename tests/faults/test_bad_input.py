@@ -28,9 +28,9 @@ from sqlalchemy.orm import Session
 from beatsqlalchemy import api, db
 from beatsqlalchemy import schedules as sched
 from beatsqlalchemy.cli import main as cli_main
+from beatsqlalchemy.constants import SCHEDULE_KINDS
 from beatsqlalchemy.exceptions import ValidationError
 from beatsqlalchemy.models import (
-    SCHEDULE_KINDS,
     SCHEDULE_MODELS,
     Base,
     ClockedSchedule,
@@ -38,11 +38,10 @@ from beatsqlalchemy.models import (
     IntervalSchedule,
     PeriodicTask,
     SolarSchedule,
-    as_datetime,
-    as_json,
     schedule_fields,
 )
 from beatsqlalchemy.schedulers import DatabaseScheduler
+from beatsqlalchemy.validators import as_datetime, as_json
 
 UTC = timezone.utc
 LATER = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)

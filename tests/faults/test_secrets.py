@@ -28,9 +28,9 @@ from e2e_harness import Cluster, Processes, wait_for
 from sqlalchemy.engine import make_url
 
 from beatsqlalchemy import api, db
+from beatsqlalchemy.constants import BEAT_HEADER
 from beatsqlalchemy.exceptions import SchemaNotReady, ValidationError
 from beatsqlalchemy.schedulers import DatabaseScheduler
-from beatsqlalchemy.store import BEAT_HEADER
 from beatsqlalchemy.worker import RunOnceTask
 
 from .proxy import Proxy
