@@ -4,74 +4,133 @@ from __future__ import annotations
 
 import getpass
 import logging
-import math
 import os
 import socket
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from . import describe
 from . import schedules as sched
-from .config import BeatConfig
 from .constants import CONFIG_SOURCE as CONFIG_SOURCE  # re-exported: part of the api
 from .constants import DATABASE_SOURCE as DATABASE_SOURCE
 from .constants import SCHEDULE_KINDS, SENT
-from .db import get_engine, prepare_write, session_factory
+from .converters import option_fields as option_fields  # re-exported: part of the api
+from .converters import schedule_fields, schedule_kind
+from .db import prepare_write
 from .exceptions import TaskNotFound, ValidationError
-from .message_options import OPTION_COLUMNS, check_headers, check_options
-from .migrate import ensure_schema
-from .models import PeriodicTask, PeriodicTaskRun
-from .validators import as_bool, as_int, as_json, as_name
+from .message_options import OPTION_COLUMNS as OPTION_COLUMNS  # re-exported
+from .message_options import check_headers, check_options
+from .models import SCHEDULE_MODELS, WRITE_PATH, PeriodicTask, PeriodicTaskRun, ScheduleMixin
+from .sessions import engine_for as engine_for  # re-exported: part of the api
+from .sessions import open_session as open_session
+from .validators import as_bool, as_id, as_int, as_json, as_name
 
 logger = logging.getLogger(__name__)
 
 
 
-def engine_for(app: Celery) -> Engine:
-    """The app's engine, with the schema checked (and created on SQLite)."""
-    config = BeatConfig.from_app(app)
-    engine = get_engine(config.url, config.engine_options)
-    ensure_schema(engine, config.create_schema)
-    return engine
+# -- the write core: every door that creates or changes a task ends here -----------------
+
+def upsert(session: Session, name: str | None, values: dict[str, Any], commit: bool = True,
+           ) -> tuple[PeriodicTask, bool]:
+    """Create the task ``name`` or update it with ``values``; returns ``(task, created)``.
+    Another writer creating the same name meanwhile is an update of that row. Commits when
+    ``commit`` (else flushes, in the caller's transaction); on error, rolls back."""
+    values = dict(values)
+    name = as_name("name", name if name is not None else values.pop("name", None))
+    values.pop("name", None)
+    for attempt in (1, 2):
+        try:
+            prepare_write(session)
+            task = session.scalars(select(PeriodicTask).where(PeriodicTask.name == name)).one_or_none()
+            created = task is None
+            if task is None:
+                given = values.get("task")  # the task defaults to the name
+                task = PeriodicTask(name=name, task=name if given is None else given)
+            apply_fields(session, task, dict(values, task=task.task) if created else values)
+            session.add(task)
+            if commit:
+                session.commit()
+            else:
+                session.flush()
+            return task, created
+        except IntegrityError:
+            session.rollback()
+            if attempt == 2 or not created:
+                raise
+            # another writer created the same name meanwhile: update that row instead
+        except BaseException:
+            session.rollback()
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
-def open_session(app: Celery) -> Session:
-    """A new session on the app's database."""
-    return session_factory(engine_for(app))()
+WRITE_PATH.upsert = upsert  # PeriodicTask.update_or_create is a door onto it
 
 
-def option_fields(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Task columns for a dict of apply_async options; ``expires`` keeps its kind (a
-    number or timedelta stays relative, a datetime stays absolute)."""
-    fields: dict[str, Any] = {"expires": None, "expire_seconds": None, "extra_options": None}
-    extra: dict[str, Any] = {}
-    for key, value in (options or {}).items():
-        if key in OPTION_COLUMNS:
-            fields[key] = value
-        elif key == "expires":
-            if isinstance(value, timedelta):
-                fields["expire_seconds"] = int(value.total_seconds())
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                if not math.isfinite(value):
-                    raise ValidationError("expires", value, "must be a finite number of seconds")
-                fields["expire_seconds"] = int(value)
-            elif isinstance(value, (datetime, str)):
-                fields["expires"] = value
-            elif value is not None:
-                raise ValidationError("expires", value, "must be seconds, a timedelta or a datetime")
-        else:
-            extra[key] = value
-    if extra:
-        fields["extra_options"] = extra
-    return fields
+def apply_fields(session: Session, task: PeriodicTask, values: dict[str, Any]) -> None:
+    """Set ``values`` on ``task``; schedule keywords replace its schedule."""
+    given = [kind for kind in SCHEDULE_KINDS if values.get(kind) is not None]
+    if "schedule" in values:
+        value = values.pop("schedule")
+        if value is not None:
+            kind = schedule_kind(value)
+            values[kind] = value
+            given = [kind]
+    if len(given) > 1:
+        raise ValidationError("schedule", given, "give only one of interval, crontab, solar, clocked")
+    if given:
+        ids = [f"{kind}_id" for kind in SCHEDULE_KINDS if f"{kind}_id" in values]
+        if ids:
+            value = as_id(ids[0], values[ids[0]])
+            raise ValidationError(ids[0], value, "give a schedule or a schedule id, not both")
+    rows = {kind: resolve_schedule(session, kind, values[kind]) for kind in given}
+    for kind in SCHEDULE_KINDS:
+        values.pop(kind, None)
+        if given:
+            setattr(task, kind, rows.get(kind))
+    if given == ["clocked"] and "one_off" not in values:
+        values["one_off"] = True
+    for key, value in values.items():
+        if key not in PeriodicTask.__mapper__.columns or key in ("id", "needs_recompute", "run_key"):
+            raise ValidationError(key, value, "not a field of a periodic task")
+        setattr(task, key, value)
+
+
+def resolve_schedule(session: Session, kind: str, value: Any) -> ScheduleMixin:
+    """The schedule row for ``value``: an equal existing row, or a new one."""
+    model = SCHEDULE_MODELS[kind]
+    if isinstance(value, model):
+        state = sa_inspect(value)
+        if state.has_identity or state.pending:  # a stored row, or one already added
+            return value
+        candidate: ScheduleMixin = value  # a new instance: reuse an equal row if any
+    else:
+        candidate = model(**schedule_fields(kind, value))  # validates every field
+    candidate.check()
+    key = dict(zip(model.identity, candidate.key(), strict=True))
+    with session.no_autoflush:
+        found = session.scalars(select(model).filter_by(**key)).first()
+    if found is not None:
+        return found
+    try:
+        with session.begin_nested():
+            session.add(candidate)
+    except IntegrityError:  # created meanwhile by another writer
+        found = session.scalars(select(model).filter_by(**key)).first()
+        if found is None:
+            raise
+        return found
+    return candidate
 
 
 def _end_read(session: Session) -> None:
@@ -101,7 +160,7 @@ def save_task(
     if enabled is not None:
         values["enabled"] = enabled
     _end_read(session)
-    saved, _ = PeriodicTask.update_or_create(session, name=name, **values)
+    saved, _ = upsert(session, name, values)
     return saved
 
 
@@ -182,7 +241,6 @@ def runs(
 
 # -- managing tasks by name ---------------------------------------------------------------
 
-#: the run-log state of a run sent by ``run_now``
 #: what ``export_tasks`` writes for each task: its definition, not its run state
 DEFINITION_FIELDS = (
     "args", "kwargs", "queue", "exchange", "routing_key", "headers", "priority", "expires",

@@ -11,15 +11,15 @@ import functools
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from .converters import parse_duration as parse_duration  # re-exported: the tests' name
 from .exceptions import SchemaNotReady, TaskNotFound, ValidationError
 
 if TYPE_CHECKING:
@@ -523,35 +523,6 @@ def show(obj: Context, name: str, as_json: bool) -> None:
 
 
 # -- writing -----------------------------------------------------------------------------
-
-_DURATION = re.compile(r"(\d+)\s*([a-z]*)")
-_UNITS = {
-    "": "seconds", "s": "seconds", "sec": "seconds", "secs": "seconds", "second": "seconds",
-    "seconds": "seconds", "m": "minutes", "min": "minutes", "mins": "minutes", "minute": "minutes",
-    "minutes": "minutes", "h": "hours", "hr": "hours", "hour": "hours", "hours": "hours",
-    "d": "days", "day": "days", "days": "days", "ms": "milliseconds",
-}
-
-
-def parse_duration(value: str) -> timedelta:
-    """``30s``, ``5m``, ``2h``, ``1d``, ``1h30m``, or a number of seconds."""
-    text = value.strip().lower().replace(" ", "")
-    parts = _DURATION.findall(text)
-    if (not text or "".join(n + u for n, u in parts) != text or any(u not in _UNITS for _, u in parts)
-            or (len(parts) > 1 and any(not u for _, u in parts))):
-        raise ValidationError("every", value, "a duration such as 30s, 5m, 2h, 1d or 1h30m")
-    from .schedules import MAX_INTERVAL
-
-    try:
-        delta = sum((timedelta(**{_UNITS[u]: int(n)}) for n, u in parts), timedelta())
-    except (OverflowError, ValueError):  # beyond timedelta, or an int of over 4,300 digits
-        delta = timedelta.max
-    if delta <= timedelta(0):
-        raise ValidationError("every", value, "must be longer than zero")
-    if delta > MAX_INTERVAL:
-        raise ValidationError("every", value, f"must be at most {MAX_INTERVAL.days} days")
-    return delta
-
 
 def _crontab_timezone(tz: str | None, current: Any = None) -> dict[str, str]:
     """The ``timezone`` of a new ``--cron``: ``--tz``, else the crontab's own on edit (only

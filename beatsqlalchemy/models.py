@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
+from celery import current_app
 from celery.exceptions import ImproperlyConfigured
 from celery.schedules import BaseSchedule
 from celery.schedules import crontab as celery_crontab
@@ -33,7 +34,6 @@ from sqlalchemy import (
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -54,10 +54,10 @@ from .constants import (
     NAME_LENGTH,
     SCHEDULE_KINDS,
 )
-from .db import prepare_write
 from .exceptions import ValidationError
 from .message_options import check_headers, check_options
 from .runids import DEPLOYMENT_TABLE, KEY_LENGTH, new_key, random_key
+from .sessions import open_session
 from .validators import (
     as_bool,
     as_datetime,
@@ -455,6 +455,18 @@ SCHEDULE_MODELS: dict[str, type[ScheduleMixin]] = {
 
 # -- the task table -----------------------------------------------------------------
 
+class _WritePath:
+    """Where ``PeriodicTask.update_or_create`` finds the write core. The core lives in
+    ``beatsqlalchemy.api``, which imports this module, so this module cannot import it:
+    api registers its ``upsert`` here when it is imported, and the package ``__init__``
+    imports api, so importing any module of the package registers it."""
+
+    upsert: Callable[[Session, str | None, dict[str, Any], bool], tuple[PeriodicTask, bool]] | None = None
+
+
+WRITE_PATH = _WritePath()
+
+
 _ONE_SCHEDULE = " + ".join(
     f"(CASE WHEN {kind}_id IS NULL THEN 0 ELSE 1 END)" for kind in SCHEDULE_KINDS
 ) + " = 1"
@@ -711,37 +723,16 @@ class PeriodicTask(Base):
     ) -> tuple[PeriodicTask, bool]:
         """Create the task called ``name`` or update it with ``fields`` and ``defaults``;
         returns ``(task, created)``. Schedules may be given as rows, dicts, JSON strings,
-        Celery schedule objects, timedeltas or (crontab) 5-field cron strings."""
+        Celery schedule objects, timedeltas or (crontab) 5-field cron strings.
+
+        A door onto ``beatsqlalchemy.api``'s write path (``WRITE_PATH``); commits unless
+        ``commit=False`` (then it flushes, in the caller's transaction)."""
         session = session or session_obj
         if session is None:
             raise TypeError("update_or_create() needs a session (positional or session_obj=)")
-        values = {**(defaults or {}), **fields}
-        name = as_name("name", name if name is not None else values.pop("name", None))
-        values.pop("name", None)
-        for attempt in (1, 2):
-            try:
-                prepare_write(session)
-                task = session.scalars(select(cls).where(cls.name == name)).one_or_none()
-                created = task is None
-                if task is None:
-                    given = values.get("task")  # the task defaults to the name
-                    task = cls(name=name, task=name if given is None else given)
-                apply_fields(session, task, dict(values, task=task.task) if created else values)
-                session.add(task)
-                if commit:
-                    session.commit()
-                else:
-                    session.flush()
-                return task, created
-            except IntegrityError:
-                session.rollback()
-                if attempt == 2 or not created:
-                    raise
-                # another writer created the same name meanwhile: update that row instead
-            except BaseException:
-                session.rollback()
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        if WRITE_PATH.upsert is None:  # pragma: no cover (the package __init__ imports api)
+            raise RuntimeError("beatsqlalchemy.api is not imported: import beatsqlalchemy")
+        return WRITE_PATH.upsert(session, name, {**(defaults or {}), **fields}, commit)
 
 
 class PeriodicTaskRun(Base):
@@ -786,138 +777,6 @@ class Deployment(Base):
 for _table in Base.metadata.tables.values():
     for _dialect in ("mysql", "mariadb"):
         _table.dialect_options[_dialect]["charset"] = "utf8mb4"
-
-
-# -- setting fields from any accepted form ------------------------------------------
-
-def apply_fields(session: Session, task: PeriodicTask, values: dict[str, Any]) -> None:
-    """Set ``values`` on ``task``; schedule keywords replace its schedule."""
-    given = [kind for kind in SCHEDULE_KINDS if values.get(kind) is not None]
-    if "schedule" in values:
-        value = values.pop("schedule")
-        if value is not None:
-            kind = schedule_kind(value)
-            values[kind] = value
-            given = [kind]
-    if len(given) > 1:
-        raise ValidationError("schedule", given, "give only one of interval, crontab, solar, clocked")
-    if given:
-        ids = [f"{kind}_id" for kind in SCHEDULE_KINDS if f"{kind}_id" in values]
-        if ids:
-            value = as_id(ids[0], values[ids[0]])
-            raise ValidationError(ids[0], value, "give a schedule or a schedule id, not both")
-    rows = {kind: resolve_schedule(session, kind, values[kind]) for kind in given}
-    for kind in SCHEDULE_KINDS:
-        values.pop(kind, None)
-        if given:
-            setattr(task, kind, rows.get(kind))
-    if given == ["clocked"] and "one_off" not in values:
-        values["one_off"] = True
-    for key, value in values.items():
-        if key not in PeriodicTask.__mapper__.columns or key in ("id", "needs_recompute", "run_key"):
-            raise ValidationError(key, value, "not a field of a periodic task")
-        setattr(task, key, value)
-
-
-def schedule_kind(value: Any) -> str:
-    """Which schedule table a value belongs in."""
-    if isinstance(value, ScheduleMixin):
-        return value.kind
-    if isinstance(value, celery_crontab):
-        return "crontab"
-    if isinstance(value, celery_solar):
-        return "solar"
-    if isinstance(value, (ClockedCelerySchedule, datetime)):
-        return "clocked"
-    if isinstance(value, (celery_schedule, timedelta)) or (
-        isinstance(value, (int, float)) and not isinstance(value, bool)
-    ):
-        return "interval"
-    if isinstance(value, str) and len(value.split()) == 5:
-        return "crontab"
-    raise ValidationError("schedule", value, "not a crontab, interval, solar or clocked schedule")
-
-
-def schedule_fields(kind: str, value: Any) -> dict[str, Any]:
-    """The column values of a schedule given in any accepted form."""
-    if isinstance(value, str):
-        stripped = value.strip()
-        if kind == "crontab" and not stripped.startswith("{"):
-            return sched.split_cron(stripped)
-        if kind == "clocked" and not stripped.startswith("{"):
-            return {"clocked_time": value}
-        try:
-            value = json.loads(stripped)
-        except ValueError as exc:
-            raise ValidationError(kind, value, f"not valid JSON: {exc}") from exc
-    if isinstance(value, dict):
-        known = SCHEDULE_MODELS[kind].identity
-        unknown = set(value) - set(known)
-        if unknown:
-            raise ValidationError(kind, value, f"unknown field(s) {', '.join(sorted(unknown))}")
-        return dict(value)
-    if kind == "crontab" and isinstance(value, celery_crontab):
-        # Celery's crontab runs in its app's timezone; ours carries its own
-        tz = value.tz_name if isinstance(value, ZonedCrontab) else sched.app_timezone(
-            getattr(value, "_app", None))
-        return {
-            "minute": str(value._orig_minute), "hour": str(value._orig_hour),
-            "day_of_week": str(value._orig_day_of_week),
-            "day_of_month": str(value._orig_day_of_month),
-            "month_of_year": str(value._orig_month_of_year), "timezone": tz,
-        }
-    if kind == "interval" and isinstance(value, (celery_schedule, timedelta, int, float)):
-        delta = value.run_every if isinstance(value, celery_schedule) else value
-        if not isinstance(delta, timedelta):
-            try:
-                delta = timedelta(seconds=delta)
-            except (OverflowError, ValueError) as exc:  # too long, NaN
-                raise ValidationError(kind, value, f"not a usable number of seconds: {exc}") from exc
-        return interval_fields(delta)
-    if kind == "solar" and isinstance(value, celery_solar):
-        return {"event": value.event, "latitude": value.lat, "longitude": value.lon}
-    if kind == "clocked" and isinstance(value, (datetime, ClockedCelerySchedule)):
-        return {"clocked_time": getattr(value, "clocked_time", value)}
-    raise ValidationError(kind, value, f"cannot be read as a {kind} schedule")
-
-
-def interval_fields(delta: timedelta) -> dict[str, Any]:
-    """``every``/``period`` for a timedelta, in the largest unit that divides it."""
-    micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-    if micros < 1:
-        raise ValidationError("interval", delta, "must be longer than zero")
-    for period, size in (("days", 86_400_000_000), ("hours", 3_600_000_000),
-                         ("minutes", 60_000_000), ("seconds", 1_000_000)):
-        if micros % size == 0:
-            return {"every": micros // size, "period": period}
-    return {"every": micros, "period": "microseconds"}
-
-
-def resolve_schedule(session: Session, kind: str, value: Any) -> ScheduleMixin:
-    """The schedule row for ``value``: an equal existing row, or a new one."""
-    model = SCHEDULE_MODELS[kind]
-    if isinstance(value, model):
-        state = sa_inspect(value)
-        if state.has_identity or state.pending:  # a stored row, or one already added
-            return value
-        candidate: ScheduleMixin = value  # a new instance: reuse an equal row if any
-    else:
-        candidate = model(**schedule_fields(kind, value))  # validates every field
-    candidate.check()
-    key = dict(zip(model.identity, candidate.key(), strict=True))
-    with session.no_autoflush:
-        found = session.scalars(select(model).filter_by(**key)).first()
-    if found is not None:
-        return found
-    try:
-        with session.begin_nested():
-            session.add(candidate)
-    except IntegrityError:  # created meanwhile by another writer
-        found = session.scalars(select(model).filter_by(**key)).first()
-        if found is None:
-            raise
-        return found
-    return candidate
 
 
 # -- validation on every ORM write of our rows -----------------------------------------
@@ -983,8 +842,4 @@ def _schedule_changed(task: PeriodicTask) -> bool:
 def get_session(app: Any = None) -> Session:
     """A session on the database configured for ``app`` (the current Celery app when
     none is given); on the SQLite default the tables are created on first use."""
-    from celery import current_app
-
-    from .api import open_session
-
     return open_session(app or current_app._get_current_object())

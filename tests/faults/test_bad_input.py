@@ -29,6 +29,7 @@ from beatsqlalchemy import api, db
 from beatsqlalchemy import schedules as sched
 from beatsqlalchemy.cli import main as cli_main
 from beatsqlalchemy.constants import SCHEDULE_KINDS
+from beatsqlalchemy.converters import schedule_fields
 from beatsqlalchemy.exceptions import ValidationError
 from beatsqlalchemy.models import (
     SCHEDULE_MODELS,
@@ -38,7 +39,6 @@ from beatsqlalchemy.models import (
     IntervalSchedule,
     PeriodicTask,
     SolarSchedule,
-    schedule_fields,
 )
 from beatsqlalchemy.schedulers import DatabaseScheduler
 from beatsqlalchemy.validators import as_datetime, as_json
