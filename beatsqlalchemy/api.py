@@ -20,16 +20,18 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from . import describe
 from . import schedules as sched
+from .broker import publish
 from .constants import CONFIG_SOURCE as CONFIG_SOURCE  # re-exported: part of the api
 from .constants import DATABASE_SOURCE as DATABASE_SOURCE
 from .constants import SCHEDULE_KINDS, SENT
 from .converters import option_fields as option_fields  # re-exported: part of the api
 from .converters import schedule_fields, schedule_kind
 from .db import prepare_write
-from .exceptions import TaskNotFound, ValidationError
+from .exceptions import PendingChanges, TaskNotFound, ValidationError
 from .message_options import OPTION_COLUMNS as OPTION_COLUMNS  # re-exported
-from .message_options import check_headers, check_options
-from .models import SCHEDULE_MODELS, WRITE_PATH, PeriodicTask, PeriodicTaskRun, ScheduleMixin
+from .message_options import build_options
+from .models import SCHEDULE_MODELS, WRITE_PATH, WRITTEN_IN, PeriodicTask, PeriodicTaskRun, ScheduleMixin
+from .runids import deployment_id, run_task_id
 from .sessions import engine_for as engine_for  # re-exported: part of the api
 from .sessions import open_session as open_session
 from .validators import as_bool, as_id, as_int, as_json, as_name
@@ -134,10 +136,20 @@ def resolve_schedule(session: Session, kind: str, value: Any) -> ScheduleMixin:
 
 
 def _end_read(session: Session) -> None:
-    """End the session's open (read) transaction, so that the next one can start as a
-    write transaction (``BEGIN IMMEDIATE`` on SQLite); pending changes are committed."""
-    if session.in_transaction():
-        session.commit()
+    """End the session's open transaction when it only read, so that the next one can start
+    as a write transaction (``BEGIN IMMEDIATE`` on SQLite). A transaction holding the
+    caller's ORM changes (pending, or flushed and not committed) is left alone and
+    ``PendingChanges`` raised: the api function would otherwise commit work it did not
+    start. (Seen: any ORM change not flushed, and rows of our tables flushed; not writes
+    made with plain SQL statements.)"""
+    transaction = session.get_transaction()
+    if transaction is None:
+        return
+    changes = len(session.new) + len(session.dirty) + len(session.deleted)
+    changes += session.info.get(WRITTEN_IN) is transaction  # rows of ours flushed, not committed
+    if changes:
+        raise PendingChanges(changes)
+    session.commit()
 
 
 def save_task(
@@ -351,6 +363,7 @@ def _tasks_named(session: Session, names: Iterable[str], missing_ok: bool) -> li
 def _set_enabled(
     session: Session, names: Iterable[str], enabled: bool, missing_ok: bool,
 ) -> list[PeriodicTask]:
+    _end_read(session)  # before the try: the caller's changes are not ours to roll back
     try:
         tasks = _tasks_named(session, names, missing_ok)
         for task in tasks:
@@ -375,6 +388,7 @@ def disable_tasks(session: Session, names: Iterable[str], missing_ok: bool = Fal
 
 def delete_tasks(session: Session, names: Iterable[str], missing_ok: bool = False) -> list[str]:
     """Delete every task named; all or nothing (see ``enable_tasks``). Returns the names deleted."""
+    _end_read(session)  # before the try: the caller's changes are not ours to roll back
     try:
         tasks = _tasks_named(session, names, missing_ok)
         ids = [t.id for t in tasks]
@@ -446,21 +460,12 @@ def default_sender(kind: str = "api") -> str:
 def send_options(task: PeriodicTask) -> dict[str, Any]:
     """The ``apply_async`` options of a task, validated (as beat sends them)."""
     extra = task.extra_options
-    options: dict[str, Any] = dict(as_json("extra_options", extra, dict)) if extra is not None else {}
-    check_options(options)
-    for key in ("queue", "exchange", "routing_key"):
-        value = getattr(task, key)
-        if value:
-            options[key] = value
-    if task.priority is not None:
-        options["priority"] = as_int("priority", task.priority, 0, 255)
-    if task.expires is not None:
-        options["expires"] = task.expires
-    elif task.expire_seconds is not None:
-        options["expires"] = task.expire_seconds
-    options["headers"] = dict(as_json("headers", task.headers or {}, dict))
-    check_headers(options["headers"])
-    return options
+    return build_options(
+        None if extra is None else as_json("extra_options", extra, dict),
+        as_json("headers", task.headers or {}, dict),
+        queue=task.queue, exchange=task.exchange, routing_key=task.routing_key,
+        priority=task.priority, expires=task.expires, expire_seconds=task.expire_seconds,
+    )
 
 
 def run_now(
@@ -472,8 +477,6 @@ def run_now(
     ``total_run_count`` and ``last_run_at``; ``next_run_at`` does not move. Raises
     TaskNotFound, ValidationError for a row that cannot be sent, and the broker's error
     when the message cannot be published (nothing is recorded then)."""
-    from .runids import deployment_id, run_task_id
-
     now = sched.as_utc(now or sched.utcnow())
     task = get_task(session, name)
     pk, task_name, run_key = task.id, task.task, task.run_key
@@ -486,11 +489,7 @@ def run_now(
         raise ValidationError("expires", task.expires.isoformat(), "the task has expired")
     _end_read(session)  # publish outside any transaction
     task_id = run_task_id(deployment, pk, run_key, now)
-    registered = app.tasks.get(task_name)
-    if registered is not None:
-        registered.apply_async(args, kwargs, task_id=task_id, **options)
-    else:
-        app.send_task(task_name, args, kwargs, task_id=task_id, **options)
+    publish(app, task_name, args, kwargs, task_id, options)
     run = PeriodicTaskRun(
         periodic_task_id=pk, periodic_task_name=name, slot=now, task_id=task_id, state=SENT,
         sent_by=(sent_by or default_sender())[:255], claim_token=uuid.uuid4().hex,

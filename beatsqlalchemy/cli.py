@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import click
 
 from .converters import parse_duration as parse_duration  # re-exported: the tests' name
+from .db import database_error
 from .exceptions import SchemaNotReady, TaskNotFound, ValidationError
 
 if TYPE_CHECKING:
@@ -92,13 +93,6 @@ class Group(click.Group):
             raise _one_line(exc) from None
 
 
-def _database_error(exc: BaseException) -> str:
-    """One line about a database error: no SQL text, no parameters, no password."""
-    original = getattr(exc, "orig", None) or exc
-    lines = str(original).strip().splitlines()
-    return f"{type(original).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-
-
 def handle_errors(func: F) -> F:
     """Turn the package's errors into one-line messages with the right exit code."""
 
@@ -117,7 +111,7 @@ def handle_errors(func: F) -> F:
         except SQLAlchemyError as exc:
             obj = click.get_current_context().find_object(Context)
             where = f"database {obj.url_shown} " if obj is not None else "database "
-            raise Failure(f"{where}failed: {_database_error(exc)}") from None
+            raise Failure(f"{where}failed: {database_error(exc)}") from None
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # never a traceback

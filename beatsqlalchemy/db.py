@@ -25,6 +25,14 @@ _engines: dict[tuple[int, str, str, float | None, float | None], Engine] = {}
 _QUERY_SECRET = re.compile(r"([?&;][^=&#?;]*?(?:pass|pwd|secret|token)[^=&#?;]*=)[^&;]*", re.IGNORECASE)
 
 
+def database_error(exc: BaseException) -> str:
+    """One line about a database error, without SQL text, parameters or secrets: what beat's
+    log, the worker's log and the command line say."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
 def redact(url: str, mask: str = "***") -> str:
     """The URL with its password, and secret-looking query values, replaced by ``mask``.
     Read from the text, not parsed: a password holding characters a URL reserves (an

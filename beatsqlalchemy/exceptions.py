@@ -53,6 +53,18 @@ class TaskNotFound(BeatSQLAlchemyError, LookupError):
         super().__init__(f"no periodic task named {name!r}")
 
 
+class PendingChanges(BeatSQLAlchemyError, RuntimeError):
+    """An api function that commits its own work was given a session holding the caller's
+    uncommitted ORM changes: it would commit them too, so it refuses and changes nothing."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        super().__init__(
+            f"the session holds {count} uncommitted change(s) of the caller; commit or roll "
+            "them back first (this api function commits its own work, and only its own)"
+        )
+
+
 class SchemaNotReady(BeatSQLAlchemyError, RuntimeError):
     """The database schema is missing or older than this version of the package."""
 

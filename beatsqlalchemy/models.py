@@ -785,9 +785,26 @@ for _table in Base.metadata.tables.values():
 # admin library's) that inserts or updates a task or a schedule row runs these checks, and
 # a flush of the host application's own models runs none of our code.
 
+#: ``session.info`` key: the transaction in which rows of ours were last flushed (the api
+#: refuses to commit a transaction holding the caller's flushed changes)
+WRITTEN_IN = "beatsqlalchemy.written_in"
+
+
+def _written(row: Any) -> Session | None:
+    """Note that ``row`` is flushed in its session's current transaction."""
+    session = object_session(row)
+    if session is not None:
+        session.info[WRITTEN_IN] = session.get_transaction()
+    return session
+
+
+def _deleting(_mapper: Any, _connection: Any, row: Any) -> None:
+    _written(row)
+
+
 def _check_schedule_row(_mapper: Any, _connection: Any, row: ScheduleMixin) -> None:
     """A schedule row is complete, takes a free id and equals no stored row."""
-    session = object_session(row)
+    session = _written(row)
     if session is None:  # pragma: no cover (a flush always has its session)
         return
     if sa_inspect(row).pending:
@@ -798,7 +815,7 @@ def _check_schedule_row(_mapper: Any, _connection: Any, row: ScheduleMixin) -> N
 
 def _check_task_insert(_mapper: Any, _connection: Any, task: PeriodicTask) -> None:
     """A new task is validated and gets its ``next_run_at``."""
-    session = object_session(task)
+    session = _written(task)
     if session is not None:
         check_free_id(session, task)
     task.validate()
@@ -807,6 +824,7 @@ def _check_task_insert(_mapper: Any, _connection: Any, task: PeriodicTask) -> No
 
 def _check_task_update(_mapper: Any, _connection: Any, task: PeriodicTask) -> None:
     """A changed task is validated; a change of its schedule moves ``next_run_at``."""
+    _written(task)
     task.validate()
     # a writer that clears next_run_at of an enabled task gets it computed again
     # (beat's window never reads NULL: the task would never run)
@@ -828,6 +846,8 @@ def _schedule(task: PeriodicTask) -> None:
 for _model in SCHEDULE_MODELS.values():
     event.listen(_model, "before_insert", _check_schedule_row)
     event.listen(_model, "before_update", _check_schedule_row)
+    event.listen(_model, "before_delete", _deleting)
+event.listen(PeriodicTask, "before_delete", _deleting)
 event.listen(PeriodicTask, "before_insert", _check_task_insert)
 event.listen(PeriodicTask, "before_update", _check_task_update)
 

@@ -40,7 +40,7 @@ from . import schedules as sched
 from .constants import ABANDONED, BEAT_HEADER, CLAIMED, SCHEDULE_KINDS, SENT, SKIPPED
 from .db import begin_write, outside_transaction
 from .exceptions import ValidationError
-from .message_options import check_headers, check_options
+from .message_options import build_options
 from .models import (
     ROW_ERRORS,
     ClockedSchedule,
@@ -53,7 +53,7 @@ from .models import (
     row_error,
 )
 from .runids import deployment_id, run_task_id
-from .validators import as_int, as_misfire_policy, as_name, parse_json
+from .validators import as_misfire_policy, as_name, parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -670,25 +670,12 @@ def _parse_payload(row: TaskRow) -> tuple[list[Any], dict[str, Any], dict[str, A
     as_misfire_policy("misfire_policy", row.misfire_policy)
     args = _loads("args", row.args, list, [])
     kwargs = _loads("kwargs", row.kwargs, dict, {})
-    headers = _loads("headers", row.headers, dict, {})
-    if headers:  # a row written with plain SQL: nothing it holds may set Celery's own fields
-        check_headers(headers)
-    options: dict[str, Any] = dict(_loads("extra_options", row.extra_options, dict, {}))
-    if options:
-        check_options(options)
-    if row.queue:
-        options["queue"] = as_name("queue", row.queue)
-    if row.exchange:
-        options["exchange"] = as_name("exchange", row.exchange)
-    if row.routing_key:
-        options["routing_key"] = as_name("routing_key", row.routing_key)
-    if row.priority is not None:
-        options["priority"] = as_int("priority", row.priority, 0, 255)
-    if row.expires is not None:
-        options["expires"] = readable("expires", row.expires)
-    elif row.expire_seconds is not None:
-        options["expires"] = as_int("expire_seconds", row.expire_seconds, 0, sched.INT32_MAX)
-    options["headers"] = {**headers, BEAT_HEADER: True}
+    options = build_options(
+        _loads("extra_options", row.extra_options, dict, {}), _loads("headers", row.headers, dict, {}),
+        queue=row.queue, exchange=row.exchange, routing_key=row.routing_key, priority=row.priority,
+        expires=readable("expires", row.expires), expire_seconds=row.expire_seconds,
+    )
+    options["headers"][BEAT_HEADER] = True
     return args, kwargs, options
 
 
