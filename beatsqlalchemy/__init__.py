@@ -24,6 +24,7 @@ from .exceptions import (  # noqa: E402
     ValidationError,
 )
 from .models import (  # noqa: E402
+    Base,
     ClockedSchedule,
     CrontabSchedule,
     IntervalSchedule,
@@ -35,6 +36,7 @@ from .models import (  # noqa: E402
 
 __version__ = "1.0.0"
 __all__ = [
+    "Base",
     "BeatSQLAlchemyError",
     "ClockedSchedule",
     "CrontabSchedule",

@@ -187,12 +187,15 @@ def remove_task(session: Session, name: str) -> bool:
 
 def install_config_schedule(
     session: Session, entries: Mapping[str, Mapping[str, Any]], remove_missing: bool = False,
+    errors: list[str] | None = None,
 ) -> tuple[int, int]:
     """Write ``beat_schedule`` entries to the database, marked as coming from
     configuration. The configuration wins for what it defines (task, schedule, args,
     kwargs, options); the database keeps ``enabled`` and run state. Tasks that came
     from configuration and are no longer in it are disabled (deleted when
-    ``remove_missing``). Returns (installed, retired). A bad entry is logged and skipped."""
+    ``remove_missing``). Returns (installed, retired). A bad entry is skipped and logged
+    (or, when ``errors`` is given, added to it for the caller to report). Commits each
+    entry and the retirement (the caller's session must hold no changes of its own)."""
     installed = 0
     for name, entry in entries.items():
         try:
@@ -205,7 +208,11 @@ def install_config_schedule(
             installed += 1
         except (ValidationError, KeyError) as exc:
             session.rollback()
-            logger.error("beat: beat_schedule entry %r is invalid and was skipped: %s", name, exc)
+            message = f"beat_schedule entry {name!r} is invalid and was skipped: {exc}"
+            if errors is None:
+                logger.error("beat: %s", message)
+            else:
+                errors.append(message)
     prepare_write(session)
     stale = session.scalars(select(PeriodicTask.id).where(
         PeriodicTask.source == CONFIG_SOURCE, PeriodicTask.name.not_in(list(entries) or [""])
@@ -270,6 +277,13 @@ def get_task(session: Session, name: str) -> PeriodicTask:
     if found is None:
         raise TaskNotFound(name)
     return found
+
+
+def get_tasks(session: Session, names: Iterable[str]) -> list[PeriodicTask]:
+    """The tasks with these names that exist, in the order given. Reads only."""
+    wanted = list(dict.fromkeys(as_name("name", n) or "" for n in names))
+    found = {t.name: t for t in session.scalars(select(PeriodicTask).where(PeriodicTask.name.in_(wanted)))}
+    return [found[n] for n in wanted if n in found]
 
 
 def create_task(session: Session, name: str, task: str, schedule: Any = None, **fields: Any) -> PeriodicTask:
@@ -419,8 +433,22 @@ def delete_task(session: Session, name: str) -> None:
 def next_run_at(session: Session, name: str, now: datetime | None = None) -> datetime | None:
     """When beat sends the task ``name`` next (UTC); None when it is disabled or finished.
     A row changed with plain SQL and not yet recomputed by beat is computed here the way
-    beat will; a row beat cannot schedule raises ValidationError."""
-    task = get_task(session, name)
+    beat will; a row beat cannot schedule raises ValidationError. Reads only."""
+    return _next_run(get_task(session, name), now)
+
+
+def next_run_or_error(task: PeriodicTask, now: datetime | None = None) -> tuple[datetime | None, str | None]:
+    """The next run of ``task`` as beat will see it, or why beat cannot schedule the row
+    (the reason beat recorded, or the one found now). Reads only."""
+    if task.schedule_error and not task.needs_recompute and task.read_error() is None:
+        return None, task.schedule_error
+    try:
+        return _next_run(task, now), None
+    except ValidationError as exc:
+        return None, str(exc)
+
+
+def _next_run(task: PeriodicTask, now: datetime | None) -> datetime | None:
     error = task.read_error()
     if error is not None:
         raise error

@@ -261,8 +261,14 @@ class ScheduleMixin:
     def _id(self, key: str, value: Any) -> int | None:
         return as_primary_key(self, value)
 
-    def spec(self) -> sched.Spec:
+    @staticmethod
+    def spec_of(row: Any) -> sched.Spec:
+        """The schedule spec of a row of this table: this model's instance, or a row read
+        with a Core statement (beat's store): the one builder of both."""
         raise NotImplementedError
+
+    def spec(self) -> sched.Spec:
+        return self.spec_of(self)
 
     def check(self) -> None:
         """Checks that span several fields (the single-field ones run on assignment)."""
@@ -308,12 +314,13 @@ class IntervalSchedule(ScheduleMixin, Base):
             sched.check_every(self.every, period)
         return period
 
-    def spec(self) -> sched.Interval:
-        return sched.Interval(sched.interval_delta(self.every, self.period))
+    @staticmethod
+    def spec_of(row: Any) -> sched.Interval:
+        return sched.Interval(sched.interval_delta(row.every, row.period))
 
     @property
     def schedule(self) -> celery_schedule:
-        return celery_schedule(self.spec().every)
+        return celery_schedule(self.spec_of(self).every)
 
     def __str__(self) -> str:
         unit = self.period[:-1] if self.every == 1 else self.period
@@ -362,15 +369,15 @@ class CrontabSchedule(ScheduleMixin, Base):
     def check(self) -> None:
         """A crontab that never fires (Feb 31st) is refused."""
         super().check()
-        reason = sched.never_fires(self.spec())
+        reason = sched.never_fires(self.spec_of(self))
         if reason is not None:
             expression = " ".join(str(getattr(self, name)) for name in sched.CRON_ORDER)
             raise ValidationError("crontab", expression, reason)
 
-    def spec(self) -> sched.Cron:
+    @staticmethod
+    def spec_of(row: Any) -> sched.Cron:
         return sched.Cron.parse(
-            self.minute, self.hour, self.day_of_week, self.day_of_month, self.month_of_year,
-            self.timezone,
+            row.minute, row.hour, row.day_of_week, row.day_of_month, row.month_of_year, row.timezone,
         )
 
     @property
@@ -408,8 +415,9 @@ class SolarSchedule(ScheduleMixin, Base):
     def _coordinate(self, key: str, value: Any) -> Decimal:
         return sched.coordinate(key, value)
 
-    def spec(self) -> sched.Solar:
-        return sched.solar_spec(self.event, self.latitude, self.longitude)
+    @staticmethod
+    def spec_of(row: Any) -> sched.Solar:
+        return sched.solar_spec(row.event, row.latitude, row.longitude)
 
     @property
     def schedule(self) -> celery_solar:
@@ -437,8 +445,9 @@ class ClockedSchedule(ScheduleMixin, Base):
             raise ValidationError("clocked_time", value, "is required")
         return moment
 
-    def spec(self) -> sched.Clocked:
-        return sched.Clocked(readable("clocked_time", self.clocked_time))
+    @staticmethod
+    def spec_of(row: Any) -> sched.Clocked:
+        return sched.Clocked(sched.as_utc(readable("clocked_time", row.clocked_time)))
 
     @property
     def schedule(self) -> ClockedCelerySchedule:

@@ -43,12 +43,9 @@ from .exceptions import ValidationError
 from .message_options import build_options
 from .models import (
     ROW_ERRORS,
-    ClockedSchedule,
-    CrontabSchedule,
-    IntervalSchedule,
+    SCHEDULE_MODELS,
     PeriodicTask,
     PeriodicTaskRun,
-    SolarSchedule,
     readable,
     row_error,
 )
@@ -680,15 +677,7 @@ def _parse_payload(row: TaskRow) -> tuple[list[Any], dict[str, Any], dict[str, A
 
 
 _SPEC_TABLES: dict[str, tuple[Table, Callable[[TaskRow], Any]]] = {
-    "interval": (_table(IntervalSchedule),
-                 lambda r: sched.Interval(sched.interval_delta(r.every, r.period))),
-    "crontab": (_table(CrontabSchedule),
-                lambda r: sched.Cron.parse(r.minute, r.hour, r.day_of_week, r.day_of_month,
-                                           r.month_of_year, r.timezone)),
-    "solar": (_table(SolarSchedule),
-              lambda r: sched.solar_spec(r.event, r.latitude, r.longitude)),
-    "clocked": (_table(ClockedSchedule),
-                lambda r: sched.Clocked(sched.as_utc(readable("clocked_time", r.clocked_time)))),
+    kind: (_table(model), model.spec_of) for kind, model in SCHEDULE_MODELS.items()
 }
 
 
