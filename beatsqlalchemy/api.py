@@ -1,4 +1,14 @@
-"""Management functions shared by ``DatabaseScheduler.add``, the CLI and scripts."""
+"""The one write path: every creation, change, enabling, disabling, deletion, run-now,
+import and export of a task goes through these functions. The other doors are thin:
+``PeriodicTask.update_or_create`` (the seed's, through ``models.WRITE_PATH``, where this
+module registers ``upsert`` on import), ``DatabaseScheduler.add``/``remove``, the command
+line, scripts.
+
+Transactions: each function says who commits. A function that writes commits its own
+work and only its own: given a session holding the caller's ORM changes it raises
+``PendingChanges`` and leaves them alone; a read-only transaction the caller left open is
+ended first. A function that reads leaves the caller's transaction open.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +45,47 @@ from .runids import deployment_id, run_task_id
 from .sessions import engine_for as engine_for  # re-exported: part of the api
 from .sessions import open_session as open_session
 from .validators import as_bool, as_id, as_int, as_json, as_name
+
+__all__ = [
+    "CONFIG_SOURCE",
+    "DATABASE_SOURCE",
+    "DEFAULT_PAGE_SIZE",
+    "DEFINITION_FIELDS",
+    "OPTION_COLUMNS",
+    "STATE_FIELDS",
+    "count_tasks",
+    "create_task",
+    "default_entries",
+    "default_sender",
+    "delete_task",
+    "delete_tasks",
+    "disable_task",
+    "disable_tasks",
+    "enable_task",
+    "enable_tasks",
+    "engine_for",
+    "export_tasks",
+    "get_task",
+    "get_tasks",
+    "import_tasks",
+    "install_config_schedule",
+    "list_tasks",
+    "next_run_at",
+    "next_run_or_error",
+    "open_session",
+    "option_fields",
+    "remove_task",
+    "run_now",
+    "runs",
+    "save_task",
+    "schedule_to_dict",
+    "send_options",
+    "task_to_dict",
+    "upcoming",
+    "update_task",
+    "upsert",
+]
+
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +208,8 @@ def save_task(
     args: Any = None, kwargs: Any = None, options: Mapping[str, Any] | None = None,
     enabled: bool | None = None, **fields: Any,
 ) -> PeriodicTask:
-    """Create or update the task ``name`` and commit; nothing is written on error."""
+    """Create or update the task ``name`` and commit; nothing is written on error.
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     values: dict[str, Any] = dict(fields)
     if task is not None:
         values["task"] = task
@@ -177,7 +229,9 @@ def save_task(
 
 
 def remove_task(session: Session, name: str) -> bool:
-    """Delete the task ``name``; False when there was none."""
+    """Delete the task ``name``; False when there was none (the redisbeat-style door:
+    ``delete_task`` raises TaskNotFound instead). Commits its own work; a session holding
+    the caller's changes raises PendingChanges."""
     _end_read(session)
     prepare_write(session)
     deleted = session.execute(delete(PeriodicTask).where(PeriodicTask.name == name))
@@ -229,7 +283,8 @@ def install_config_schedule(
 
 
 def default_entries(app: Celery) -> dict[str, dict[str, Any]]:
-    """The entries Celery's own beat would add (result backend cleanup)."""
+    """The entries Celery's own beat would add (result backend cleanup).
+    Reads only (the caller's transaction stays open)."""
     from celery.schedules import crontab
 
     if app.conf.result_expires and not app.backend.supports_autoexpire:
@@ -245,7 +300,8 @@ def runs(
     until: datetime | None = None, state: str | None = None, limit: int = 100,
 ) -> list[PeriodicTaskRun]:
     """The run log, newest slot first: which runs of ``name`` were due between ``since``
-    and ``until``, their Celery task ids, whether they were sent, and by which beat."""
+    and ``until``, their Celery task ids, whether they were sent, and by which beat.
+    Reads only (the caller's transaction stays open)."""
     query = select(PeriodicTaskRun).order_by(PeriodicTaskRun.slot.desc()).limit(limit)
     if name is not None:
         query = query.where(PeriodicTaskRun.periodic_task_name == name)
@@ -271,7 +327,8 @@ DEFAULT_PAGE_SIZE = 50
 
 
 def get_task(session: Session, name: str) -> PeriodicTask:
-    """The task called ``name``; raises TaskNotFound."""
+    """The task called ``name``; raises TaskNotFound.
+    Reads only (the caller's transaction stays open)."""
     name = as_name("name", name) or ""
     found = session.scalars(select(PeriodicTask).where(PeriodicTask.name == name)).one_or_none()
     if found is None:
@@ -287,7 +344,8 @@ def get_tasks(session: Session, names: Iterable[str]) -> list[PeriodicTask]:
 
 
 def create_task(session: Session, name: str, task: str, schedule: Any = None, **fields: Any) -> PeriodicTask:
-    """Create the task ``name``; a ValidationError when one already has that name."""
+    """Create the task ``name``; a ValidationError when one already has that name.
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     as_name("name", name)
     as_name("task", task)  # required here (save_task reads None as "the name")
     exists = session.scalar(select(func.count()).select_from(PeriodicTask).where(PeriodicTask.name == name))
@@ -305,7 +363,8 @@ def create_task(session: Session, name: str, task: str, schedule: Any = None, **
 
 def update_task(session: Session, name: str, **fields: Any) -> PeriodicTask:
     """Change the existing task ``name`` (same keywords as ``save_task``); raises
-    TaskNotFound when there is none, ValidationError on a bad value (nothing is written)."""
+    TaskNotFound when there is none, ValidationError on a bad value (nothing is written).
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     get_task(session, name)
     _end_read(session)
     return save_task(session, name, **fields)
@@ -337,7 +396,8 @@ def list_tasks(
 ) -> list[PeriodicTask]:
     """Tasks sorted by name, filtered by ``enabled``, by ``task`` (the Celery task name)
     and by ``name``, a case-insensitive shell-style pattern (``report-*``). Paginated
-    with ``limit``/``offset`` or with ``page`` (from 1) and ``size``."""
+    with ``limit``/``offset`` or with ``page`` (from 1) and ``size``.
+    Reads only (the caller's transaction stays open)."""
     query = select(PeriodicTask).where(*_filters(enabled, task, name)).order_by(PeriodicTask.name)
     if page is not None or size is not None:
         if limit is not None or offset:
@@ -357,7 +417,8 @@ def list_tasks(
 def count_tasks(
     session: Session, *, enabled: bool | None = None, task: str | None = None, name: str | None = None,
 ) -> int:
-    """How many tasks ``list_tasks`` would return without pagination."""
+    """How many tasks ``list_tasks`` would return without pagination.
+    Reads only (the caller's transaction stays open)."""
     query = select(func.count()).select_from(PeriodicTask).where(*_filters(enabled, task, name))
     return int(session.scalar(query) or 0)
 
@@ -391,17 +452,20 @@ def _set_enabled(
 
 def enable_tasks(session: Session, names: Iterable[str], missing_ok: bool = False) -> list[PeriodicTask]:
     """Enable every task named; each gets a fresh ``next_run_at``. All or nothing: a
-    missing name raises TaskNotFound unless ``missing_ok``. Returns the tasks."""
+    missing name raises TaskNotFound unless ``missing_ok``. Returns the tasks.
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     return _set_enabled(session, names, True, missing_ok)
 
 
 def disable_tasks(session: Session, names: Iterable[str], missing_ok: bool = False) -> list[PeriodicTask]:
-    """Disable every task named (see ``enable_tasks``)."""
+    """Disable every task named (see ``enable_tasks``).
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     return _set_enabled(session, names, False, missing_ok)
 
 
 def delete_tasks(session: Session, names: Iterable[str], missing_ok: bool = False) -> list[str]:
-    """Delete every task named; all or nothing (see ``enable_tasks``). Returns the names deleted."""
+    """Delete every task named; all or nothing (see ``enable_tasks``). Returns the names deleted.
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     _end_read(session)  # before the try: the caller's changes are not ours to roll back
     try:
         tasks = _tasks_named(session, names, missing_ok)
@@ -416,17 +480,20 @@ def delete_tasks(session: Session, names: Iterable[str], missing_ok: bool = Fals
 
 
 def enable_task(session: Session, name: str) -> PeriodicTask:
-    """Enable the task ``name``; raises TaskNotFound."""
+    """Enable the task ``name``; raises TaskNotFound.
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     return enable_tasks(session, [name])[0]
 
 
 def disable_task(session: Session, name: str) -> PeriodicTask:
-    """Disable the task ``name``; raises TaskNotFound."""
+    """Disable the task ``name``; raises TaskNotFound.
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     return disable_tasks(session, [name])[0]
 
 
 def delete_task(session: Session, name: str) -> None:
-    """Delete the task ``name``; raises TaskNotFound (``remove_task`` returns False instead)."""
+    """Delete the task ``name``; raises TaskNotFound (``remove_task`` returns False instead).
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     delete_tasks(session, [name])
 
 
@@ -460,7 +527,8 @@ def _next_run(task: PeriodicTask, now: datetime | None) -> datetime | None:
 
 
 def upcoming(session: Session, name: str, count: int = 5, now: datetime | None = None) -> list[datetime]:
-    """The next ``count`` runs of the task ``name`` (UTC), from ``next_run_at`` on."""
+    """The next ``count`` runs of the task ``name`` (UTC), from ``next_run_at`` on.
+    Reads only (the caller's transaction stays open)."""
     task = get_task(session, name)
     first = next_run_at(session, name, now)
     row = task.schedule_row
@@ -486,7 +554,8 @@ def default_sender(kind: str = "api") -> str:
 
 
 def send_options(task: PeriodicTask) -> dict[str, Any]:
-    """The ``apply_async`` options of a task, validated (as beat sends them)."""
+    """The ``apply_async`` options of a task, validated (as beat sends them).
+    Reads only (the caller's transaction stays open)."""
     extra = task.extra_options
     return build_options(
         None if extra is None else as_json("extra_options", extra, dict),
@@ -504,7 +573,8 @@ def run_now(
     task row and the moment, like beat's), is recorded in the run log as sent by ``sent_by``, and counts in
     ``total_run_count`` and ``last_run_at``; ``next_run_at`` does not move. Raises
     TaskNotFound, ValidationError for a row that cannot be sent, and the broker's error
-    when the message cannot be published (nothing is recorded then)."""
+    when the message cannot be published (nothing is recorded then).
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     now = sched.as_utc(now or sched.utcnow())
     task = get_task(session, name)
     pk, task_name, run_key = task.id, task.task, task.run_key
@@ -547,7 +617,8 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def schedule_to_dict(task: PeriodicTask) -> tuple[str, dict[str, Any]] | None:
-    """``(kind, fields)`` of a task's schedule, as JSON values."""
+    """``(kind, fields)`` of a task's schedule, as JSON values.
+    Reads only (the caller's transaction stays open)."""
     row = task.schedule_row
     if row is None:
         return None
@@ -565,7 +636,8 @@ def schedule_to_dict(task: PeriodicTask) -> tuple[str, dict[str, Any]] | None:
 def task_to_dict(task: PeriodicTask, state: bool = True) -> dict[str, Any]:
     """A task as JSON values: its name, Celery task, source (``config`` or ``database``),
     ``schedule`` in plain words, the schedule's fields under its kind (``interval``,
-    ``crontab``, ``solar`` or ``clocked``), its options and, with ``state``, its run state."""
+    ``crontab``, ``solar`` or ``clocked``), its options and, with ``state``, its run state.
+    Reads only (the caller's transaction stays open)."""
     data: dict[str, Any] = {
         "name": task.name, "task": task.task, "enabled": task.enabled,
         "source": task.source or DATABASE_SOURCE, "description": task.description or "",
@@ -587,7 +659,8 @@ def task_to_dict(task: PeriodicTask, state: bool = True) -> dict[str, Any]:
 
 def export_tasks(session: Session, **filters: Any) -> list[dict[str, Any]]:
     """Every task's definition (no run state) sorted by name, for ``import_tasks``;
-    ``filters`` as for ``list_tasks``."""
+    ``filters`` as for ``list_tasks``.
+    Reads only (the caller's transaction stays open)."""
     tasks = list_tasks(session, **filters)
     return sorted((task_to_dict(t, state=False) for t in tasks), key=lambda d: str(d["name"]))
 
@@ -600,7 +673,8 @@ def import_tasks(session: Session, entries: Any) -> tuple[int, int]:
     """Create or update by name the tasks in ``entries`` (what ``export_tasks`` returns:
     a list of objects, or ``{"tasks": [...]}``), in one transaction: a bad entry raises
     ValidationError naming the task, the field and the value, and nothing is written.
-    ``schedule`` (words) and run state are ignored. Returns (created, updated)."""
+    ``schedule`` (words) and run state are ignored. Returns (created, updated).
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     if isinstance(entries, Mapping) and set(entries) == {"tasks"}:
         entries = entries["tasks"]
     if not isinstance(entries, Sequence) or isinstance(entries, (str, bytes)):

@@ -13,6 +13,8 @@ A run routed to an exchange no queue is bound to (for its routing key) is droppe
 broker, while the broker accepted it: beat says so (``report_unrouted``), once per task
 and route. On Redis beat's channel sees that kombu found no queue for it; on AMQP beat
 publishes with the ``mandatory`` flag and reads the runs the broker hands back.
+
+Internal: not part of the public surface (see ``beatsqlalchemy.__all__``).
 """
 
 from __future__ import annotations

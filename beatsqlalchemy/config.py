@@ -1,4 +1,7 @@
-"""One object reading every ``beat_sqlalchemy_*`` setting from a Celery app."""
+"""One object reading every ``beat_sqlalchemy_*`` setting from a Celery app.
+
+Internal: not part of the public surface (see ``beatsqlalchemy.__all__``).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Engines and sessions: one pooled engine per URL and process."""
+"""Engines and sessions: one pooled engine per URL and process.
+
+Internal: not part of the public surface (see ``beatsqlalchemy.__all__``).
+"""
 
 from __future__ import annotations
 

@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = [
+    "BeatSQLAlchemyError",
+    "DeploymentIdMissing",
+    "MissingPackage",
+    "PendingChanges",
+    "SchemaNotReady",
+    "TaskNotFound",
+    "ValidationError",
+]
+
+
 #: longest representation of a bad value shown in a message
 SHOWN_LENGTH = 1000
 

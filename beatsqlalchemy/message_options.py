@@ -5,6 +5,8 @@ A task's ``headers``, ``extra_options`` and option columns become message header
 same headers and options, so an unchecked row could send another task, under a fixed id,
 held until a date, pickled, or with callbacks that run other tasks. The models, the API and
 beat (for rows written with plain SQL) all check a row here.
+
+Internal: not part of the public surface (see ``beatsqlalchemy.__all__``).
 """
 
 from __future__ import annotations

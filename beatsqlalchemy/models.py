@@ -1,4 +1,10 @@
-"""Declarative models of the periodic-task tables, with validation at every write."""
+"""Declarative models of the periodic-task tables, with validation at every write.
+
+The tables, their column types and their checks: mapper events on these models (not on
+the Session class) validate every ORM insert or update of a task or a schedule row, from
+any session, and compute ``next_run_at``. Writing tasks by name lives in
+``beatsqlalchemy.api``; ``PeriodicTask.update_or_create`` is a door onto it.
+"""
 
 from __future__ import annotations
 
@@ -72,6 +78,28 @@ from .validators import (
     check_length,
     check_required,
 )
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "SCHEDULE_MODELS",
+    "Base",
+    "ClockedSchedule",
+    "CrontabSchedule",
+    "Deployment",
+    "ExactString",
+    "IntervalSchedule",
+    "PeriodicTask",
+    "PeriodicTaskRun",
+    "ScheduleMixin",
+    "SolarSchedule",
+    "StoredJSON",
+    "StoredNumeric",
+    "UTCDateTime",
+    "Unreadable",
+    "exact_collation",
+    "get_session",
+]
+
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

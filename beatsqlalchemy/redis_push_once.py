@@ -4,6 +4,8 @@ Beat's runs are pushed with a Lua script that pushes only if the queue has not h
 run's task id within the dedup period, and remembers the id for that long; the check and
 the push are one atomic step in Redis. Every other message is pushed as kombu does.
 Imported only where the broker is Redis (see ``beatsqlalchemy.broker``).
+
+Internal: not part of the public surface (see ``beatsqlalchemy.__all__``).
 """
 
 from __future__ import annotations

@@ -35,6 +35,11 @@ from .models import PeriodicTask
 from .store import ClaimResult, Run, Store, Window
 from .watch import watch_for
 
+__all__ = [
+    "DatabaseScheduler",
+]
+
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 

@@ -1,4 +1,7 @@
-"""Every SQL statement the scheduler runs: the near window, recompute, claim, run log."""
+"""Every SQL statement the scheduler runs: the near window, recompute, claim, run log.
+
+Internal: not part of the public surface (see ``beatsqlalchemy.__all__``).
+"""
 
 from __future__ import annotations
 

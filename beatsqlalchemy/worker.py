@@ -25,6 +25,13 @@ from .constants import BEAT_HEADER
 from .db import database_error, get_engine
 from .store import Store
 
+__all__ = [
+    "RunOnceTask",
+    "first_start",
+    "is_first_delivery",
+]
+
+
 logger = logging.getLogger(__name__)
 
 
