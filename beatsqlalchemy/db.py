@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .deadlines import Deadlines, registry, set_connect_timeouts
+from .exceptions import ValidationError
 
 _lock = threading.Lock()
 _engines: dict[tuple[int, str, str, float | None, float | None], Engine] = {}
@@ -59,8 +60,6 @@ def parse_url(url: str) -> URL:
     """``url`` parsed, or a ValidationError showing it redacted: SQLAlchemy's own error
     repeats the URL, password included, and an unencoded ``@`` in a password would
     otherwise reach the driver as part of the host name (and its error messages)."""
-    from .exceptions import ValidationError
-
     try:
         parsed = make_url(url)
     except Exception:
