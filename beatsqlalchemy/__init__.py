@@ -1,4 +1,11 @@
-"""A Celery beat scheduler that keeps periodic tasks and their run state in SQL."""
+"""A Celery beat scheduler that keeps periodic tasks and their run state in SQL.
+
+The public surface: the tables (``beatsqlalchemy.models``), the write and read api
+(``beatsqlalchemy.api``), the errors (``beatsqlalchemy.exceptions``), beat's scheduler
+(``beatsqlalchemy.schedulers.DatabaseScheduler``, loaded by Celery by its path) and the
+worker's base task (``beatsqlalchemy.worker.RunOnceTask``). Importing the package imports
+``api``, which registers the write core that ``PeriodicTask.update_or_create`` uses.
+"""
 
 from __future__ import annotations
 
@@ -7,5 +14,44 @@ from .config import hide_urls_in_celery_reports
 # imported by every ``celery`` command (our ``celery beatsqlalchemy`` plug-in) and by beat
 hide_urls_in_celery_reports()
 
+from . import api  # noqa: E402 (after the hook above: api registers the write core)
+from .exceptions import (  # noqa: E402
+    BeatSQLAlchemyError,
+    DeploymentIdMissing,
+    MissingPackage,
+    PendingChanges,
+    SchemaNotReady,
+    TaskNotFound,
+    ValidationError,
+)
+from .models import (  # noqa: E402
+    Base,
+    ClockedSchedule,
+    CrontabSchedule,
+    IntervalSchedule,
+    PeriodicTask,
+    PeriodicTaskRun,
+    SolarSchedule,
+    get_session,
+)
+
 __version__ = "1.0.0"
-__all__ = ["__version__"]
+__all__ = [
+    "Base",
+    "BeatSQLAlchemyError",
+    "ClockedSchedule",
+    "CrontabSchedule",
+    "DeploymentIdMissing",
+    "IntervalSchedule",
+    "MissingPackage",
+    "PendingChanges",
+    "PeriodicTask",
+    "PeriodicTaskRun",
+    "SchemaNotReady",
+    "SolarSchedule",
+    "TaskNotFound",
+    "ValidationError",
+    "__version__",
+    "api",
+    "get_session",
+]

@@ -1,90 +1,206 @@
-"""Management functions shared by ``DatabaseScheduler.add``, the CLI and scripts."""
+"""The one write path: every creation, change, enabling, disabling, deletion, run-now,
+import and export of a task goes through these functions. The other doors are thin:
+``PeriodicTask.update_or_create`` (the seed's, through ``models.WRITE_PATH``, where this
+module registers ``upsert`` on import), ``DatabaseScheduler.add``/``remove``, the command
+line, scripts.
+
+Transactions: each function says who commits. A function that writes commits its own
+work and only its own: given a session holding the caller's ORM changes it raises
+``PendingChanges`` and leaves them alone; a read-only transaction the caller left open is
+ended first. A function that reads leaves the caller's transaction open.
+"""
 
 from __future__ import annotations
 
 import getpass
 import logging
-import math
 import os
 import socket
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from . import describe
 from . import schedules as sched
-from .config import BeatConfig
-from .db import get_engine, prepare_write, session_factory
-from .exceptions import TaskNotFound, ValidationError
-from .message_options import OPTION_COLUMNS, check_headers, check_options
-from .migrate import ensure_schema
-from .models import CONFIG_SOURCE as CONFIG_SOURCE  # re-exported: part of the api
-from .models import DATABASE_SOURCE as DATABASE_SOURCE
-from .models import (
-    SCHEDULE_KINDS,
-    PeriodicTask,
-    PeriodicTaskRun,
-    as_bool,
-    as_int,
-    as_json,
-    as_name,
-)
+from .broker import publish
+from .constants import CONFIG_SOURCE as CONFIG_SOURCE  # re-exported: part of the api
+from .constants import DATABASE_SOURCE as DATABASE_SOURCE
+from .constants import SCHEDULE_KINDS, SENT
+from .converters import option_fields as option_fields  # re-exported: part of the api
+from .converters import schedule_fields, schedule_kind
+from .db import prepare_write
+from .exceptions import PendingChanges, TaskNotFound, ValidationError
+from .message_options import OPTION_COLUMNS as OPTION_COLUMNS  # re-exported
+from .message_options import build_options
+from .models import SCHEDULE_MODELS, WRITE_PATH, WRITTEN_IN, PeriodicTask, PeriodicTaskRun, ScheduleMixin
+from .runids import deployment_id, run_task_id
+from .sessions import engine_for as engine_for  # re-exported: part of the api
+from .sessions import open_session as open_session
+from .validators import as_bool, as_id, as_int, as_json, as_name
+
+__all__ = [
+    "CONFIG_SOURCE",
+    "DATABASE_SOURCE",
+    "DEFAULT_PAGE_SIZE",
+    "DEFINITION_FIELDS",
+    "OPTION_COLUMNS",
+    "STATE_FIELDS",
+    "count_tasks",
+    "create_task",
+    "default_entries",
+    "default_sender",
+    "delete_task",
+    "delete_tasks",
+    "disable_task",
+    "disable_tasks",
+    "enable_task",
+    "enable_tasks",
+    "engine_for",
+    "export_tasks",
+    "get_task",
+    "get_tasks",
+    "import_tasks",
+    "install_config_schedule",
+    "list_tasks",
+    "next_run_at",
+    "next_run_or_error",
+    "open_session",
+    "option_fields",
+    "remove_task",
+    "run_now",
+    "runs",
+    "save_task",
+    "schedule_to_dict",
+    "send_options",
+    "task_to_dict",
+    "upcoming",
+    "update_task",
+    "upsert",
+]
+
 
 logger = logging.getLogger(__name__)
 
 
 
-def engine_for(app: Celery) -> Engine:
-    """The app's engine, with the schema checked (and created on SQLite)."""
-    config = BeatConfig.from_app(app)
-    engine = get_engine(config.url, config.engine_options)
-    ensure_schema(engine, config.create_schema)
-    return engine
+# -- the write core: every door that creates or changes a task ends here -----------------
+
+def upsert(session: Session, name: str | None, values: dict[str, Any], commit: bool = True,
+           ) -> tuple[PeriodicTask, bool]:
+    """Create the task ``name`` or update it with ``values``; returns ``(task, created)``.
+    Another writer creating the same name meanwhile is an update of that row. Commits when
+    ``commit`` (else flushes, in the caller's transaction); on error, rolls back."""
+    values = dict(values)
+    name = as_name("name", name if name is not None else values.pop("name", None))
+    values.pop("name", None)
+    for attempt in (1, 2):
+        try:
+            prepare_write(session)
+            task = session.scalars(select(PeriodicTask).where(PeriodicTask.name == name)).one_or_none()
+            created = task is None
+            if task is None:
+                given = values.get("task")  # the task defaults to the name
+                task = PeriodicTask(name=name, task=name if given is None else given)
+            apply_fields(session, task, dict(values, task=task.task) if created else values)
+            session.add(task)
+            if commit:
+                session.commit()
+            else:
+                session.flush()
+            return task, created
+        except IntegrityError:
+            session.rollback()
+            if attempt == 2 or not created:
+                raise
+            # another writer created the same name meanwhile: update that row instead
+        except BaseException:
+            session.rollback()
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
-def open_session(app: Celery) -> Session:
-    """A new session on the app's database."""
-    return session_factory(engine_for(app))()
+WRITE_PATH.upsert = upsert  # PeriodicTask.update_or_create is a door onto it
 
 
-def option_fields(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Task columns for a dict of apply_async options; ``expires`` keeps its kind (a
-    number or timedelta stays relative, a datetime stays absolute)."""
-    fields: dict[str, Any] = {"expires": None, "expire_seconds": None, "extra_options": None}
-    extra: dict[str, Any] = {}
-    for key, value in (options or {}).items():
-        if key in OPTION_COLUMNS:
-            fields[key] = value
-        elif key == "expires":
-            if isinstance(value, timedelta):
-                fields["expire_seconds"] = int(value.total_seconds())
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                if not math.isfinite(value):
-                    raise ValidationError("expires", value, "must be a finite number of seconds")
-                fields["expire_seconds"] = int(value)
-            elif isinstance(value, (datetime, str)):
-                fields["expires"] = value
-            elif value is not None:
-                raise ValidationError("expires", value, "must be seconds, a timedelta or a datetime")
-        else:
-            extra[key] = value
-    if extra:
-        fields["extra_options"] = extra
-    return fields
+def apply_fields(session: Session, task: PeriodicTask, values: dict[str, Any]) -> None:
+    """Set ``values`` on ``task``; schedule keywords replace its schedule."""
+    given = [kind for kind in SCHEDULE_KINDS if values.get(kind) is not None]
+    if "schedule" in values:
+        value = values.pop("schedule")
+        if value is not None:
+            kind = schedule_kind(value)
+            values[kind] = value
+            given = [kind]
+    if len(given) > 1:
+        raise ValidationError("schedule", given, "give only one of interval, crontab, solar, clocked")
+    if given:
+        ids = [f"{kind}_id" for kind in SCHEDULE_KINDS if f"{kind}_id" in values]
+        if ids:
+            value = as_id(ids[0], values[ids[0]])
+            raise ValidationError(ids[0], value, "give a schedule or a schedule id, not both")
+    rows = {kind: resolve_schedule(session, kind, values[kind]) for kind in given}
+    for kind in SCHEDULE_KINDS:
+        values.pop(kind, None)
+        if given:
+            setattr(task, kind, rows.get(kind))
+    if given == ["clocked"] and "one_off" not in values:
+        values["one_off"] = True
+    for key, value in values.items():
+        if key not in PeriodicTask.__mapper__.columns or key in ("id", "needs_recompute", "run_key"):
+            raise ValidationError(key, value, "not a field of a periodic task")
+        setattr(task, key, value)
+
+
+def resolve_schedule(session: Session, kind: str, value: Any) -> ScheduleMixin:
+    """The schedule row for ``value``: an equal existing row, or a new one."""
+    model = SCHEDULE_MODELS[kind]
+    if isinstance(value, model):
+        state = sa_inspect(value)
+        if state.has_identity or state.pending:  # a stored row, or one already added
+            return value
+        candidate: ScheduleMixin = value  # a new instance: reuse an equal row if any
+    else:
+        candidate = model(**schedule_fields(kind, value))  # validates every field
+    candidate.check()
+    key = dict(zip(model.identity, candidate.key(), strict=True))
+    with session.no_autoflush:
+        found = session.scalars(select(model).filter_by(**key)).first()
+    if found is not None:
+        return found
+    try:
+        with session.begin_nested():
+            session.add(candidate)
+    except IntegrityError:  # created meanwhile by another writer
+        found = session.scalars(select(model).filter_by(**key)).first()
+        if found is None:
+            raise
+        return found
+    return candidate
 
 
 def _end_read(session: Session) -> None:
-    """End the session's open (read) transaction, so that the next one can start as a
-    write transaction (``BEGIN IMMEDIATE`` on SQLite); pending changes are committed."""
-    if session.in_transaction():
-        session.commit()
+    """End the session's open transaction when it only read, so that the next one can start
+    as a write transaction (``BEGIN IMMEDIATE`` on SQLite). A transaction holding the
+    caller's ORM changes (pending, or flushed and not committed) is left alone and
+    ``PendingChanges`` raised: the api function would otherwise commit work it did not
+    start. (Seen: any ORM change not flushed, and rows of our tables flushed; not writes
+    made with plain SQL statements.)"""
+    transaction = session.get_transaction()
+    if transaction is None:
+        return
+    changes = len(session.new) + len(session.dirty) + len(session.deleted)
+    changes += session.info.get(WRITTEN_IN) is transaction  # rows of ours flushed, not committed
+    if changes:
+        raise PendingChanges(changes)
+    session.commit()
 
 
 def save_task(
@@ -92,7 +208,8 @@ def save_task(
     args: Any = None, kwargs: Any = None, options: Mapping[str, Any] | None = None,
     enabled: bool | None = None, **fields: Any,
 ) -> PeriodicTask:
-    """Create or update the task ``name`` and commit; nothing is written on error."""
+    """Create or update the task ``name`` and commit; nothing is written on error.
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     values: dict[str, Any] = dict(fields)
     if task is not None:
         values["task"] = task
@@ -107,12 +224,14 @@ def save_task(
     if enabled is not None:
         values["enabled"] = enabled
     _end_read(session)
-    saved, _ = PeriodicTask.update_or_create(session, name=name, **values)
+    saved, _ = upsert(session, name, values)
     return saved
 
 
 def remove_task(session: Session, name: str) -> bool:
-    """Delete the task ``name``; False when there was none."""
+    """Delete the task ``name``; False when there was none (the redisbeat-style door:
+    ``delete_task`` raises TaskNotFound instead). Commits its own work; a session holding
+    the caller's changes raises PendingChanges."""
     _end_read(session)
     prepare_write(session)
     deleted = session.execute(delete(PeriodicTask).where(PeriodicTask.name == name))
@@ -122,12 +241,15 @@ def remove_task(session: Session, name: str) -> bool:
 
 def install_config_schedule(
     session: Session, entries: Mapping[str, Mapping[str, Any]], remove_missing: bool = False,
+    errors: list[str] | None = None,
 ) -> tuple[int, int]:
     """Write ``beat_schedule`` entries to the database, marked as coming from
     configuration. The configuration wins for what it defines (task, schedule, args,
     kwargs, options); the database keeps ``enabled`` and run state. Tasks that came
     from configuration and are no longer in it are disabled (deleted when
-    ``remove_missing``). Returns (installed, retired). A bad entry is logged and skipped."""
+    ``remove_missing``). Returns (installed, retired). A bad entry is skipped and logged
+    (or, when ``errors`` is given, added to it for the caller to report). Commits each
+    entry and the retirement (the caller's session must hold no changes of its own)."""
     installed = 0
     for name, entry in entries.items():
         try:
@@ -140,7 +262,11 @@ def install_config_schedule(
             installed += 1
         except (ValidationError, KeyError) as exc:
             session.rollback()
-            logger.error("beat: beat_schedule entry %r is invalid and was skipped: %s", name, exc)
+            message = f"beat_schedule entry {name!r} is invalid and was skipped: {exc}"
+            if errors is None:
+                logger.error("beat: %s", message)
+            else:
+                errors.append(message)
     prepare_write(session)
     stale = session.scalars(select(PeriodicTask.id).where(
         PeriodicTask.source == CONFIG_SOURCE, PeriodicTask.name.not_in(list(entries) or [""])
@@ -157,7 +283,8 @@ def install_config_schedule(
 
 
 def default_entries(app: Celery) -> dict[str, dict[str, Any]]:
-    """The entries Celery's own beat would add (result backend cleanup)."""
+    """The entries Celery's own beat would add (result backend cleanup).
+    Reads only (the caller's transaction stays open)."""
     from celery.schedules import crontab
 
     if app.conf.result_expires and not app.backend.supports_autoexpire:
@@ -173,7 +300,8 @@ def runs(
     until: datetime | None = None, state: str | None = None, limit: int = 100,
 ) -> list[PeriodicTaskRun]:
     """The run log, newest slot first: which runs of ``name`` were due between ``since``
-    and ``until``, their Celery task ids, whether they were sent, and by which beat."""
+    and ``until``, their Celery task ids, whether they were sent, and by which beat.
+    Reads only (the caller's transaction stays open)."""
     query = select(PeriodicTaskRun).order_by(PeriodicTaskRun.slot.desc()).limit(limit)
     if name is not None:
         query = query.where(PeriodicTaskRun.periodic_task_name == name)
@@ -188,8 +316,6 @@ def runs(
 
 # -- managing tasks by name ---------------------------------------------------------------
 
-#: the run-log state of a run sent by ``run_now``
-SENT = "sent"
 #: what ``export_tasks`` writes for each task: its definition, not its run state
 DEFINITION_FIELDS = (
     "args", "kwargs", "queue", "exchange", "routing_key", "headers", "priority", "expires",
@@ -201,7 +327,8 @@ DEFAULT_PAGE_SIZE = 50
 
 
 def get_task(session: Session, name: str) -> PeriodicTask:
-    """The task called ``name``; raises TaskNotFound."""
+    """The task called ``name``; raises TaskNotFound.
+    Reads only (the caller's transaction stays open)."""
     name = as_name("name", name) or ""
     found = session.scalars(select(PeriodicTask).where(PeriodicTask.name == name)).one_or_none()
     if found is None:
@@ -209,8 +336,16 @@ def get_task(session: Session, name: str) -> PeriodicTask:
     return found
 
 
+def get_tasks(session: Session, names: Iterable[str]) -> list[PeriodicTask]:
+    """The tasks with these names that exist, in the order given. Reads only."""
+    wanted = list(dict.fromkeys(as_name("name", n) or "" for n in names))
+    found = {t.name: t for t in session.scalars(select(PeriodicTask).where(PeriodicTask.name.in_(wanted)))}
+    return [found[n] for n in wanted if n in found]
+
+
 def create_task(session: Session, name: str, task: str, schedule: Any = None, **fields: Any) -> PeriodicTask:
-    """Create the task ``name``; a ValidationError when one already has that name."""
+    """Create the task ``name``; a ValidationError when one already has that name.
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     as_name("name", name)
     as_name("task", task)  # required here (save_task reads None as "the name")
     exists = session.scalar(select(func.count()).select_from(PeriodicTask).where(PeriodicTask.name == name))
@@ -228,7 +363,8 @@ def create_task(session: Session, name: str, task: str, schedule: Any = None, **
 
 def update_task(session: Session, name: str, **fields: Any) -> PeriodicTask:
     """Change the existing task ``name`` (same keywords as ``save_task``); raises
-    TaskNotFound when there is none, ValidationError on a bad value (nothing is written)."""
+    TaskNotFound when there is none, ValidationError on a bad value (nothing is written).
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     get_task(session, name)
     _end_read(session)
     return save_task(session, name, **fields)
@@ -260,7 +396,8 @@ def list_tasks(
 ) -> list[PeriodicTask]:
     """Tasks sorted by name, filtered by ``enabled``, by ``task`` (the Celery task name)
     and by ``name``, a case-insensitive shell-style pattern (``report-*``). Paginated
-    with ``limit``/``offset`` or with ``page`` (from 1) and ``size``."""
+    with ``limit``/``offset`` or with ``page`` (from 1) and ``size``.
+    Reads only (the caller's transaction stays open)."""
     query = select(PeriodicTask).where(*_filters(enabled, task, name)).order_by(PeriodicTask.name)
     if page is not None or size is not None:
         if limit is not None or offset:
@@ -280,7 +417,8 @@ def list_tasks(
 def count_tasks(
     session: Session, *, enabled: bool | None = None, task: str | None = None, name: str | None = None,
 ) -> int:
-    """How many tasks ``list_tasks`` would return without pagination."""
+    """How many tasks ``list_tasks`` would return without pagination.
+    Reads only (the caller's transaction stays open)."""
     query = select(func.count()).select_from(PeriodicTask).where(*_filters(enabled, task, name))
     return int(session.scalar(query) or 0)
 
@@ -300,6 +438,7 @@ def _tasks_named(session: Session, names: Iterable[str], missing_ok: bool) -> li
 def _set_enabled(
     session: Session, names: Iterable[str], enabled: bool, missing_ok: bool,
 ) -> list[PeriodicTask]:
+    _end_read(session)  # before the try: the caller's changes are not ours to roll back
     try:
         tasks = _tasks_named(session, names, missing_ok)
         for task in tasks:
@@ -313,17 +452,21 @@ def _set_enabled(
 
 def enable_tasks(session: Session, names: Iterable[str], missing_ok: bool = False) -> list[PeriodicTask]:
     """Enable every task named; each gets a fresh ``next_run_at``. All or nothing: a
-    missing name raises TaskNotFound unless ``missing_ok``. Returns the tasks."""
+    missing name raises TaskNotFound unless ``missing_ok``. Returns the tasks.
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     return _set_enabled(session, names, True, missing_ok)
 
 
 def disable_tasks(session: Session, names: Iterable[str], missing_ok: bool = False) -> list[PeriodicTask]:
-    """Disable every task named (see ``enable_tasks``)."""
+    """Disable every task named (see ``enable_tasks``).
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     return _set_enabled(session, names, False, missing_ok)
 
 
 def delete_tasks(session: Session, names: Iterable[str], missing_ok: bool = False) -> list[str]:
-    """Delete every task named; all or nothing (see ``enable_tasks``). Returns the names deleted."""
+    """Delete every task named; all or nothing (see ``enable_tasks``). Returns the names deleted.
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
+    _end_read(session)  # before the try: the caller's changes are not ours to roll back
     try:
         tasks = _tasks_named(session, names, missing_ok)
         ids = [t.id for t in tasks]
@@ -337,29 +480,42 @@ def delete_tasks(session: Session, names: Iterable[str], missing_ok: bool = Fals
 
 
 def enable_task(session: Session, name: str) -> PeriodicTask:
-    """Enable the task ``name``; raises TaskNotFound."""
+    """Enable the task ``name``; raises TaskNotFound.
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     return enable_tasks(session, [name])[0]
 
 
 def disable_task(session: Session, name: str) -> PeriodicTask:
-    """Disable the task ``name``; raises TaskNotFound."""
+    """Disable the task ``name``; raises TaskNotFound.
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     return disable_tasks(session, [name])[0]
 
 
 def delete_task(session: Session, name: str) -> None:
-    """Delete the task ``name``; raises TaskNotFound (``remove_task`` returns False instead)."""
+    """Delete the task ``name``; raises TaskNotFound (``remove_task`` returns False instead).
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     delete_tasks(session, [name])
 
 
 def next_run_at(session: Session, name: str, now: datetime | None = None) -> datetime | None:
     """When beat sends the task ``name`` next (UTC); None when it is disabled or finished.
     A row changed with plain SQL and not yet recomputed by beat is computed here the way
-    beat will; a row beat cannot schedule or send raises ValidationError."""
-    return next_run_of(get_task(session, name), now)
+    beat will; a row beat cannot schedule or send raises ValidationError. Reads only."""
+    return _next_run(get_task(session, name), now)
 
 
-def next_run_of(task: PeriodicTask, now: datetime | None = None) -> datetime | None:
-    """``next_run_at`` for a task already loaded (no query)."""
+def next_run_or_error(task: PeriodicTask, now: datetime | None = None) -> tuple[datetime | None, str | None]:
+    """The next run of ``task`` as beat will see it, or why beat cannot schedule or send
+    the row (the reason beat recorded, or the one found now). Reads only, no query."""
+    if task.schedule_error and not task.needs_recompute and task.read_error() is None:
+        return None, task.schedule_error
+    try:
+        return _next_run(task, now), None
+    except ValidationError as exc:
+        return None, str(exc)
+
+
+def _next_run(task: PeriodicTask, now: datetime | None) -> datetime | None:
     error = task.read_error()
     if error is not None:
         raise error
@@ -373,7 +529,8 @@ def next_run_of(task: PeriodicTask, now: datetime | None = None) -> datetime | N
 
 
 def upcoming(session: Session, name: str, count: int = 5, now: datetime | None = None) -> list[datetime]:
-    """The next ``count`` runs of the task ``name`` (UTC), from ``next_run_at`` on."""
+    """The next ``count`` runs of the task ``name`` (UTC), from ``next_run_at`` on.
+    Reads only (the caller's transaction stays open)."""
     task = get_task(session, name)
     first = next_run_at(session, name, now)
     row = task.schedule_row
@@ -399,23 +556,15 @@ def default_sender(kind: str = "api") -> str:
 
 
 def send_options(task: PeriodicTask) -> dict[str, Any]:
-    """The ``apply_async`` options of a task, validated (as beat sends them)."""
+    """The ``apply_async`` options of a task, validated (as beat sends them).
+    Reads only (the caller's transaction stays open)."""
     extra = task.extra_options
-    options: dict[str, Any] = dict(as_json("extra_options", extra, dict)) if extra is not None else {}
-    check_options(options)
-    for key in ("queue", "exchange", "routing_key"):
-        value = getattr(task, key)
-        if value:
-            options[key] = value
-    if task.priority is not None:
-        options["priority"] = as_int("priority", task.priority, 0, 255)
-    if task.expires is not None:
-        options["expires"] = task.expires
-    elif task.expire_seconds is not None:
-        options["expires"] = task.expire_seconds
-    options["headers"] = dict(as_json("headers", task.headers or {}, dict))
-    check_headers(options["headers"])
-    return options
+    return build_options(
+        None if extra is None else as_json("extra_options", extra, dict),
+        as_json("headers", task.headers or {}, dict),
+        queue=task.queue, exchange=task.exchange, routing_key=task.routing_key,
+        priority=task.priority, expires=task.expires, expire_seconds=task.expire_seconds,
+    )
 
 
 def _payload(task: PeriodicTask) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
@@ -435,9 +584,8 @@ def run_now(
     task row and the moment, like beat's), is recorded in the run log as sent by ``sent_by``, and counts in
     ``total_run_count`` and ``last_run_at``; ``next_run_at`` does not move. Raises
     TaskNotFound, ValidationError for a row that cannot be sent, and the broker's error
-    when the message cannot be published (nothing is recorded then)."""
-    from .runids import deployment_id, run_task_id
-
+    when the message cannot be published (nothing is recorded then).
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     now = sched.as_utc(now or sched.utcnow())
     task = get_task(session, name)
     pk, task_name, run_key = task.id, task.task, task.run_key
@@ -448,11 +596,7 @@ def run_now(
         raise ValidationError("expires", task.expires.isoformat(), "the task has expired")
     _end_read(session)  # publish outside any transaction
     task_id = run_task_id(deployment, pk, run_key, now)
-    registered = app.tasks.get(task_name)
-    if registered is not None:
-        registered.apply_async(args, kwargs, task_id=task_id, **options)
-    else:
-        app.send_task(task_name, args, kwargs, task_id=task_id, **options)
+    publish(app, task_name, args, kwargs, task_id, options)
     run = PeriodicTaskRun(
         periodic_task_id=pk, periodic_task_name=name, slot=now, task_id=task_id, state=SENT,
         sent_by=(sent_by or default_sender())[:255], claim_token=uuid.uuid4().hex,
@@ -482,7 +626,8 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def schedule_to_dict(task: PeriodicTask) -> tuple[str, dict[str, Any]] | None:
-    """``(kind, fields)`` of a task's schedule, as JSON values."""
+    """``(kind, fields)`` of a task's schedule, as JSON values.
+    Reads only (the caller's transaction stays open)."""
     row = task.schedule_row
     if row is None:
         return None
@@ -500,7 +645,8 @@ def schedule_to_dict(task: PeriodicTask) -> tuple[str, dict[str, Any]] | None:
 def task_to_dict(task: PeriodicTask, state: bool = True) -> dict[str, Any]:
     """A task as JSON values: its name, Celery task, source (``config`` or ``database``),
     ``schedule`` in plain words, the schedule's fields under its kind (``interval``,
-    ``crontab``, ``solar`` or ``clocked``), its options and, with ``state``, its run state."""
+    ``crontab``, ``solar`` or ``clocked``), its options and, with ``state``, its run state.
+    Reads only (the caller's transaction stays open)."""
     data: dict[str, Any] = {
         "name": task.name, "task": task.task, "enabled": task.enabled,
         "source": task.source or DATABASE_SOURCE, "description": task.description or "",
@@ -522,7 +668,8 @@ def task_to_dict(task: PeriodicTask, state: bool = True) -> dict[str, Any]:
 
 def export_tasks(session: Session, **filters: Any) -> list[dict[str, Any]]:
     """Every task's definition (no run state) sorted by name, for ``import_tasks``;
-    ``filters`` as for ``list_tasks``."""
+    ``filters`` as for ``list_tasks``.
+    Reads only (the caller's transaction stays open)."""
     tasks = list_tasks(session, **filters)
     return sorted((task_to_dict(t, state=False) for t in tasks), key=lambda d: str(d["name"]))
 
@@ -535,7 +682,8 @@ def import_tasks(session: Session, entries: Any) -> tuple[int, int]:
     """Create or update by name the tasks in ``entries`` (what ``export_tasks`` returns:
     a list of objects, or ``{"tasks": [...]}``), in one transaction: a bad entry raises
     ValidationError naming the task, the field and the value, and nothing is written.
-    ``schedule`` (words) and run state are ignored. Returns (created, updated)."""
+    ``schedule`` (words) and run state are ignored. Returns (created, updated).
+    Commits its own work; a session holding the caller's changes raises PendingChanges."""
     if isinstance(entries, Mapping) and set(entries) == {"tasks"}:
         entries = entries["tasks"]
     if not isinstance(entries, Sequence) or isinstance(entries, (str, bytes)):

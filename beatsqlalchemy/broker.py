@@ -13,6 +13,8 @@ A run routed to an exchange no queue is bound to (for its routing key) is droppe
 broker, while the broker accepted it: beat says so (``report_unrouted``), once per task
 and route. On Redis beat's channel sees that kombu found no queue for it; on AMQP beat
 publishes with the ``mandatory`` flag and reads the runs the broker hands back.
+
+Internal: not part of the public surface (see ``beatsqlalchemy.__all__``).
 """
 
 from __future__ import annotations
@@ -92,3 +94,16 @@ def _transport_name(connection: Connection) -> str:
     if isinstance(transport, str):
         return str(kombu_transports.TRANSPORT_ALIASES.get(transport, transport))
     return f"{transport.__module__}:{transport.__qualname__}"
+
+
+def publish(app: Celery, name: str, args: list[Any], kwargs: dict[str, Any], task_id: str,
+            options: Mapping[str, Any], producer: Any = None) -> None:
+    """Publish one run of the Celery task ``name``: the one publish path of beat's runs and
+    of ``api.run_now``. A task the app registers is sent through it (its own routing and
+    serializer), any other by name; ``producer`` is beat's (None: the app's pool)."""
+    via = {} if producer is None else {"producer": producer}
+    task = app.tasks.get(name)
+    if task is not None:
+        task.apply_async(args, kwargs, task_id=task_id, **via, **options)
+    else:
+        app.send_task(name, args, kwargs, task_id=task_id, **via, **options)

@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
+from celery.app.utils import find_app
+from sqlalchemy.exc import SQLAlchemyError
 
+from . import api, describe, migrate
+from .config import DEFAULT_URL, URL_ALIASES, URL_ENV, BeatConfig, resolve_url
+from .converters import parse_duration as parse_duration  # re-exported: the tests' name
+from .db import database_error, get_engine, redact, session_factory
 from .exceptions import SchemaNotReady, TaskNotFound, ValidationError
+from .migrate import ensure_schema
+from .schedules import as_utc, checked_utc, in_app_timezone, split_cron, zone
+from .validators import as_datetime
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -58,8 +65,8 @@ def _one_line(exc: click.UsageError) -> InputError:
     return InputError(message)
 
 
-class Command(click.Command):
-    """A command whose usage errors are one line."""
+class _OneLineUsage(click.Command):
+    """Usage errors as one line."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
@@ -70,18 +77,14 @@ class Command(click.Command):
             raise _one_line(exc) from None
 
 
-class Group(click.Group):
+class Command(_OneLineUsage):
+    """A command whose usage errors are one line."""
+
+
+class Group(_OneLineUsage, click.Group):
     """A group whose commands are ``Command`` and whose usage errors are one line."""
 
     command_class = Command
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as exc:
-            raise _one_line(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -92,20 +95,11 @@ class Group(click.Group):
             raise _one_line(exc) from None
 
 
-def _database_error(exc: BaseException) -> str:
-    """One line about a database error: no SQL text, no parameters, no password."""
-    original = getattr(exc, "orig", None) or exc
-    lines = str(original).strip().splitlines()
-    return f"{type(original).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-
-
 def handle_errors(func: F) -> F:
     """Turn the package's errors into one-line messages with the right exit code."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from sqlalchemy.exc import SQLAlchemyError
-
         try:
             return func(*args, **kwargs)
         except click.ClickException:
@@ -117,7 +111,7 @@ def handle_errors(func: F) -> F:
         except SQLAlchemyError as exc:
             obj = click.get_current_context().find_object(Context)
             where = f"database {obj.url_shown} " if obj is not None else "database "
-            raise Failure(f"{where}failed: {_database_error(exc)}") from None
+            raise Failure(f"{where}failed: {database_error(exc)}") from None
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # never a traceback
@@ -130,8 +124,6 @@ def handle_errors(func: F) -> F:
 
 def load_app(name: str) -> Celery:
     """The Celery app named ``module``, ``module:attribute`` or ``module.attribute``."""
-    from celery.app.utils import find_app
-
     try:
         app: Any = find_app(name)
     except Exception as exc:
@@ -161,14 +153,10 @@ class Context:
         return self._app
 
     def config(self) -> Any:
-        from .config import BeatConfig
-
         app = self.app()
         return None if app is None else BeatConfig.from_app(app)
 
     def url(self) -> tuple[str, dict[str, Any]]:
-        from .config import resolve_url
-
         if self._url:
             return self._url, {}
         config = self.config()
@@ -178,8 +166,6 @@ class Context:
 
     @property
     def url_shown(self) -> str:
-        from .db import redact
-
         try:
             return redact(self.url()[0])
         except click.ClickException:
@@ -188,8 +174,6 @@ class Context:
     def _default_database(self, url: str, read_only: bool) -> None:
         """Nothing names a database: say which one is used (on stderr), and for a command
         that only reads, refuse to create the default SQLite file."""
-        from .config import DEFAULT_URL, URL_ALIASES, URL_ENV
-
         app = self.app()
         named = self._url or os.environ.get(URL_ENV) or (
             app is not None and any(app.conf.get(key) for key in URL_ALIASES))
@@ -205,8 +189,6 @@ class Context:
         """The engine, without checking the schema (for the migration commands); with
         ``read_only``, a default database that does not exist is not created."""
         if self._engine is None:
-            from .db import get_engine
-
             url, options = self.url()
             self._default_database(url, read_only)
             try:
@@ -214,8 +196,6 @@ class Context:
             except ValidationError as exc:  # names the URL, redacted
                 raise InputError(str(exc)) from None
             except Exception as exc:  # a missing driver
-                from .db import redact
-
                 raise InputError(f"url: invalid value {redact(url)!r}: {exc}") from None
         return self._engine
 
@@ -223,10 +203,6 @@ class Context:
     def session(self, read_only: bool = False) -> Iterator[Session]:
         """A session on a database whose schema is current (created on SQLite, unless
         ``read_only`` and the default database does not exist)."""
-        from .db import session_factory
-        from .migrate import ensure_schema
-        from .schedules import in_app_timezone
-
         engine = self.engine(read_only)
         config = self.config()
         ensure_schema(engine, config.create_schema if config is not None and not self._url else None)
@@ -293,8 +269,6 @@ def command(name: str | None = None, **settings: Any) -> Callable[[F], F]:
 # -- formatting ----------------------------------------------------------------------------
 
 def _when(moment: datetime | None) -> str:
-    from .schedules import as_utc
-
     if isinstance(moment, str):  # a stored value that cannot be read
         return f"unreadable: {moment!r}"
     return "-" if moment is None else as_utc(moment).strftime("%Y-%m-%d %H:%M:%S")
@@ -305,23 +279,9 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if isinstance(moment, datetime) else moment
 
 
-def _next_run(session: Session, task: PeriodicTask) -> tuple[datetime | None, str | None]:
-    """The next run as beat will see it, or the reason the row cannot be scheduled."""
-    from . import api
-
-    if task.schedule_error and not task.needs_recompute and task.read_error() is None:
-        return None, task.schedule_error
-    try:
-        return api.next_run_of(task), None
-    except ValidationError as exc:
-        return None, str(exc)
-
-
 def _task_json(session: Session, task: PeriodicTask) -> dict[str, Any]:
-    from . import api
-
     data = api.task_to_dict(task)
-    next_run, error = _next_run(session, task)
+    next_run, error = api.next_run_or_error(task)
     data["next_run_at"] = None if next_run is None else next_run.isoformat()
     data["schedule_error"] = error
     return data
@@ -351,8 +311,6 @@ def upgrade(obj: Context, revision: str) -> None:
     Example:
       beatsqlalchemy --url postgresql+psycopg://beat@db/celery upgrade
     """
-    from . import migrate
-
     engine = obj.engine()
     migrate.upgrade(engine, revision)
     click.echo(_schema_state(engine))
@@ -368,8 +326,6 @@ def downgrade(obj: Context, revision: str) -> None:
     Example:
       beatsqlalchemy --url postgresql+psycopg://beat@db/celery downgrade base
     """
-    from . import migrate
-
     engine = obj.engine()
     migrate.downgrade(engine, revision)
     click.echo(_schema_state(engine))
@@ -377,9 +333,6 @@ def downgrade(obj: Context, revision: str) -> None:
 
 def _schema_state(engine: Engine) -> str:
     """Which revision the database is at, or that it holds none of our tables."""
-    from . import migrate
-    from .db import redact
-
     current = migrate.current_revision(engine)
     state = f"is at revision {current}" if current else "has no beatsqlalchemy tables (empty)"
     return f"{redact(str(engine.url))} {state}"
@@ -394,8 +347,6 @@ def current(obj: Context) -> None:
     Example:
       beatsqlalchemy -A proj current
     """
-    from . import migrate
-
     engine = obj.engine(read_only=True)
     click.echo(f"current: {migrate.current_revision(engine) or 'none'}")
     click.echo(f"head:    {migrate.head_revision()}")
@@ -426,8 +377,6 @@ def list_(obj: Context, enabled: bool | None, task_name: str | None, pattern: st
       beatsqlalchemy list --page 2 --size 20
       beatsqlalchemy list --json
     """
-    from . import api, describe
-
     with obj.session(read_only=True) as session:
         tasks = api.list_tasks(session, enabled=enabled, task=task_name, name=pattern, limit=limit,
                                offset=offset, page=page, size=size)
@@ -440,7 +389,7 @@ def list_(obj: Context, enabled: bool | None, task_name: str | None, pattern: st
         rows = [["NAME", "TASK", "SCHEDULE", "ENABLED", "LAST RUN (UTC)", "NEXT RUN (UTC)", "RUNS",
                  "SOURCE"]]
         for task in tasks:
-            next_run, error = _next_run(session, task)
+            next_run, error = api.next_run_or_error(task)
             rows.append([
                 task.name, task.task, describe.task(task), "yes" if task.enabled else "no",
                 _when(task.last_run_at), "error" if error else _when(next_run),
@@ -461,8 +410,6 @@ def show(obj: Context, name: str, as_json: bool) -> None:
       beatsqlalchemy show nightly-report
       beatsqlalchemy show nightly-report --json
     """
-    from . import api
-
     with obj.session(read_only=True) as session:
         task = api.get_task(session, name)
         data = _task_json(session, task)
@@ -519,35 +466,6 @@ def show(obj: Context, name: str, as_json: bool) -> None:
 
 # -- writing -----------------------------------------------------------------------------
 
-_DURATION = re.compile(r"(\d+)\s*([a-z]*)")
-_UNITS = {
-    "": "seconds", "s": "seconds", "sec": "seconds", "secs": "seconds", "second": "seconds",
-    "seconds": "seconds", "m": "minutes", "min": "minutes", "mins": "minutes", "minute": "minutes",
-    "minutes": "minutes", "h": "hours", "hr": "hours", "hour": "hours", "hours": "hours",
-    "d": "days", "day": "days", "days": "days", "ms": "milliseconds",
-}
-
-
-def parse_duration(value: str) -> timedelta:
-    """``30s``, ``5m``, ``2h``, ``1d``, ``1h30m``, or a number of seconds."""
-    text = value.strip().lower().replace(" ", "")
-    parts = _DURATION.findall(text)
-    if (not text or "".join(n + u for n, u in parts) != text or any(u not in _UNITS for _, u in parts)
-            or (len(parts) > 1 and any(not u for _, u in parts))):
-        raise ValidationError("every", value, "a duration such as 30s, 5m, 2h, 1d or 1h30m")
-    from .schedules import MAX_INTERVAL
-
-    try:
-        delta = sum((timedelta(**{_UNITS[u]: int(n)}) for n, u in parts), timedelta())
-    except (OverflowError, ValueError):  # beyond timedelta, or an int of over 4,300 digits
-        delta = timedelta.max
-    if delta <= timedelta(0):
-        raise ValidationError("every", value, "must be longer than zero")
-    if delta > MAX_INTERVAL:
-        raise ValidationError("every", value, f"must be at most {MAX_INTERVAL.days} days")
-    return delta
-
-
 def _crontab_timezone(tz: str | None, current: Any = None) -> dict[str, str]:
     """The ``timezone`` of a new ``--cron``: ``--tz``, else the crontab's own on edit (only
     the options given change), else none: the write path gives it the app's."""
@@ -566,9 +484,6 @@ def _schedule(every: str | None, cron: str | None, tz: str | None, at: str | Non
               solar: tuple[str, str, str] | None, current: Any = None) -> dict[str, Any]:
     """The schedule keyword for ``save_task`` from the schedule options (or {}). An
     option given empty counts as given (and is refused by its parser)."""
-    from .models import as_datetime
-    from .schedules import split_cron, zone
-
     given = [flag for flag, value in (("--every", every), ("--cron", cron), ("--at", at),
                                       ("--solar", solar)) if value is not None]
     if len(given) > 1:
@@ -598,8 +513,6 @@ def _schedule(every: str | None, cron: str | None, tz: str | None, at: str | Non
 
 
 def _parse_at(value: str, tz: str | None) -> datetime:
-    from .schedules import checked_utc, zone
-
     try:
         moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -613,8 +526,6 @@ def _parse_at(value: str, tz: str | None) -> datetime:
 
 
 def _expires(value: str) -> dict[str, Any]:
-    from .schedules import checked_utc
-
     text = value.strip()
     if text.lower() in ("", "none"):
         return {"expires": None, "expire_seconds": None}
@@ -694,9 +605,7 @@ def task_options(func: F) -> F:
 
 
 def _summary(session: Session, task: PeriodicTask) -> str:
-    from . import describe
-
-    next_run, error = _next_run(session, task)
+    next_run, error = api.next_run_or_error(task)
     if error:
         state = f"cannot be scheduled: {error}"
     elif not task.enabled:
@@ -723,8 +632,6 @@ def add(obj: Context, /, name: str, task: str, **options: Any) -> None:
       beatsqlalchemy add launch tasks.launch --at 2030-01-31T09:00:00Z
       beatsqlalchemy add lights tasks.lights_on --solar sunset 52.52 13.405 --disabled
     """
-    from . import api
-
     fields = _fields(obj, options)
     if not any(kind in fields for kind in ("interval", "crontab", "clocked", "solar")):
         raise InputError("schedule: missing; give one of --every, --cron, --at, --solar "
@@ -750,8 +657,6 @@ def edit(obj: Context, /, name: str, **options: Any) -> None:
       beatsqlalchemy edit report --tz America/New_York --priority 5
       beatsqlalchemy edit report --args '[1, 2]' --queue ''
     """
-    from . import api
-
     with obj.session() as session:
         existing = api.get_task(session, name)
         fields = _fields(obj, options, existing.schedule_row)
@@ -766,64 +671,58 @@ def edit(obj: Context, /, name: str, **options: Any) -> None:
                        "args, kwargs and options again when beat starts", err=True)
 
 
-@command()
-@click.argument("names", nargs=-1, required=True, metavar="NAME...")
-@pass_context
-def enable(obj: Context, names: tuple[str, ...]) -> None:
+def names_command(act: Callable[[Session, tuple[str, ...]], None]) -> Callable[..., None]:
+    """Register ``act`` as the command named after it, taking NAME... and acting on them in
+    one session (enable, disable, remove); its docstring is the command's help."""
+
+    @click.argument("names", nargs=-1, required=True, metavar="NAME...")
+    @pass_context
+    def run(obj: Context, names: tuple[str, ...]) -> None:
+        with obj.session() as session:
+            act(session, names)
+
+    run.__doc__ = act.__doc__
+    command(act.__name__)(run)
+    return act
+
+
+@names_command
+def enable(session: Session, names: tuple[str, ...]) -> None:
     """Enable tasks; each runs next at its next slot (no stale catch-up).
 
     \b
     Example:
       beatsqlalchemy enable report heartbeat
     """
-    from . import api
-
-    with obj.session() as session:
-        for task in api.enable_tasks(session, names):
-            click.echo(f"enabled {_summary(session, task)}")
+    for task in api.enable_tasks(session, names):
+        click.echo(f"enabled {_summary(session, task)}")
 
 
-@command()
-@click.argument("names", nargs=-1, required=True, metavar="NAME...")
-@pass_context
-def disable(obj: Context, names: tuple[str, ...]) -> None:
-    """Disable tasks (a running beat stops sending them within its sync interval).
+@names_command
+def disable(session: Session, names: tuple[str, ...]) -> None:
+    """Disable tasks: a running beat stops sending them within its sync interval.
 
-    \b
-    Example:
-      beatsqlalchemy disable report heartbeat
+    Example (enable turns them on again): beatsqlalchemy disable report heartbeat
     """
-    from . import api
-
-    with obj.session() as session:
-        for task in api.disable_tasks(session, names):
-            click.echo(f"disabled {task.name!r}")
+    for task in api.disable_tasks(session, names):
+        click.echo(f"disabled {task.name!r}")
 
 
-@command()
-@click.argument("names", nargs=-1, required=True, metavar="NAME...")
-@pass_context
-def remove(obj: Context, names: tuple[str, ...]) -> None:
+@names_command
+def remove(session: Session, names: tuple[str, ...]) -> None:
     """Delete tasks. All or nothing: if one name does not exist, none is deleted.
 
     \b
     Example:
       beatsqlalchemy remove report heartbeat
     """
-    from sqlalchemy import select
-
-    from . import api
-    from .models import PeriodicTask
-
-    with obj.session() as session:
-        from_config = set(session.scalars(select(PeriodicTask.name).where(
-            PeriodicTask.name.in_(names), PeriodicTask.source == api.CONFIG_SOURCE)))
-        for name in api.delete_tasks(session, names):
-            click.echo(f"removed {name!r}")
-            if name in from_config:
-                click.echo(f"note: {name!r} comes from beat_schedule; beat installs it again when "
-                           "it starts unless it is removed from beat_schedule (or use `disable`)",
-                           err=True)
+    from_config = {t.name for t in api.get_tasks(session, names) if t.source == api.CONFIG_SOURCE}
+    for name in api.delete_tasks(session, names):
+        click.echo(f"removed {name!r}")
+        if name in from_config:
+            click.echo(f"note: {name!r} comes from beat_schedule; beat installs it again when "
+                       "it starts unless it is removed from beat_schedule (or use `disable`)",
+                       err=True)
 
 
 @command()
@@ -839,10 +738,6 @@ def run(obj: Context, name: str) -> None:
       beatsqlalchemy -A proj run nightly-report
       celery -A proj beatsqlalchemy run nightly-report
     """
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from . import api
-    from .db import redact
 
     app = obj.app(needed_for="run")
     assert app is not None
@@ -872,8 +767,6 @@ def export_(obj: Context) -> None:
       beatsqlalchemy export > tasks.json
       beatsqlalchemy --url postgresql+psycopg://beat@db/celery import tasks.json
     """
-    from . import api
-
     with obj.session(read_only=True) as session:
         _echo_json(api.export_tasks(session))
 
@@ -894,8 +787,6 @@ def import_(obj: Context, file: IO[str] | None, from_app: bool) -> None:
       beatsqlalchemy export | beatsqlalchemy --url sqlite:///copy.sqlite3 import -
       beatsqlalchemy -A proj import --from-app
     """
-    from . import api
-
     see = f"(see '{click.get_current_context().command_path} --help')"
     if file is not None and from_app:
         raise InputError(f"file: give a FILE or --from-app, not both {see}")
@@ -914,39 +805,20 @@ def import_(obj: Context, file: IO[str] | None, from_app: bool) -> None:
     click.echo(f"imported {created + updated} task(s): {created} created, {updated} updated")
 
 
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 def _install_from_app(obj: Context) -> None:
-    from . import api
-    from .config import BeatConfig
-
     app = obj.app(needed_for="import --from-app")
     assert app is not None
     entries = {**api.default_entries(app), **(app.conf.beat_schedule or {})}
-    collect = _Collect()
-    logger = logging.getLogger(api.__name__)
-    logger.addHandler(collect)
-    propagate, logger.propagate = logger.propagate, False
-    try:
-        with obj.session() as session:
-            installed, retired = api.install_config_schedule(
-                session, entries, BeatConfig.from_app(app).remove_missing_config_tasks
-            )
-    finally:
-        logger.removeHandler(collect)
-        logger.propagate = propagate
+    errors: list[str] = []
+    with obj.session() as session:
+        installed, retired = api.install_config_schedule(
+            session, entries, BeatConfig.from_app(app).remove_missing_config_tasks, errors=errors,
+        )
     click.echo(f"installed {installed} task(s) from beat_schedule, retired {retired}")
-    if collect.messages:
-        for message in collect.messages[:-1]:
-            click.echo(f"error: {message.removeprefix('beat: ')}", err=True)
-        raise InputError(collect.messages[-1].removeprefix("beat: "))
+    if errors:
+        for message in errors[:-1]:
+            click.echo(f"error: {message}", err=True)
+        raise InputError(errors[-1])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,7 @@
-"""One object reading every ``beat_sqlalchemy_*`` setting from a Celery app."""
+"""One object reading every ``beat_sqlalchemy_*`` setting from a Celery app.
+
+Internal: not part of the public surface (see ``beatsqlalchemy.__all__``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+from .exceptions import ValidationError
 
 DEFAULT_URL = "sqlite:///celerybeat-schedule.sqlite3"
 URL_ENV = "BEAT_SQLALCHEMY_URL"
@@ -110,8 +115,6 @@ def _positive(conf: Any, key: str, default: float, zero: bool = False) -> float:
     except (TypeError, ValueError):
         number = -1.0
     if not (number > 0 or (zero and number == 0)):  # NaN too
-        from .exceptions import ValidationError
-
         reason = "must be zero or a positive number" if zero else "must be a positive number"
         raise ValidationError(key, value, reason)
     return number

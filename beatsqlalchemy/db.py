@@ -1,4 +1,7 @@
-"""Engines and sessions: one pooled engine per URL and process."""
+"""Engines and sessions: one pooled engine per URL and process.
+
+Internal: not part of the public surface (see ``beatsqlalchemy.__all__``).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .deadlines import Deadlines, registry, set_connect_timeouts
+from .exceptions import ValidationError
 
 _lock = threading.Lock()
 _engines: dict[tuple[int, str, str, float | None, float | None], Engine] = {}
@@ -23,6 +27,14 @@ _engines: dict[tuple[int, str, str, float | None, float | None], Engine] = {}
 
 #: query-string values masked too (``?password=``, ``?sslpassword=``, ``&token=``, ...)
 _QUERY_SECRET = re.compile(r"([?&;][^=&#?;]*?(?:pass|pwd|secret|token)[^=&#?;]*=)[^&;]*", re.IGNORECASE)
+
+
+def database_error(exc: BaseException) -> str:
+    """One line about a database error, without SQL text, parameters or secrets: what beat's
+    log, the worker's log and the command line say."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def redact(url: str, mask: str = "***") -> str:
@@ -48,8 +60,6 @@ def parse_url(url: str) -> URL:
     """``url`` parsed, or a ValidationError showing it redacted: SQLAlchemy's own error
     repeats the URL, password included, and an unencoded ``@`` in a password would
     otherwise reach the driver as part of the host name (and its error messages)."""
-    from .exceptions import ValidationError
-
     try:
         parsed = make_url(url)
     except Exception:

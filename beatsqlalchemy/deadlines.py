@@ -1,6 +1,9 @@
 """A bound on how long beat waits for its database: a database that does not answer in
 time (a network partition, a frozen host: nothing refused, nothing answered) fails like
-one that is down, so beat logs an outage and retries instead of freezing in silence."""
+one that is down, so beat logs an outage and retries instead of freezing in silence.
+
+Internal: not part of the public surface (see ``beatsqlalchemy.__all__``).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Schedules in plain words ("every 30 seconds", "at 07:30 on Monday (Europe/Berlin)")."""
+"""Schedules in plain words ("every 30 seconds", "at 07:30 on Monday (Europe/Berlin)").
+
+Internal: not part of the public surface (see ``beatsqlalchemy.__all__``).
+"""
 
 from __future__ import annotations
 

@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = [
+    "BeatSQLAlchemyError",
+    "DeploymentIdMissing",
+    "MissingPackage",
+    "PendingChanges",
+    "SchemaNotReady",
+    "TaskNotFound",
+    "ValidationError",
+]
+
+
 #: longest representation of a bad value shown in a message
 SHOWN_LENGTH = 1000
 
@@ -51,6 +62,18 @@ class TaskNotFound(BeatSQLAlchemyError, LookupError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"no periodic task named {name!r}")
+
+
+class PendingChanges(BeatSQLAlchemyError, RuntimeError):
+    """An api function that commits its own work was given a session holding the caller's
+    uncommitted ORM changes: it would commit them too, so it refuses and changes nothing."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        super().__init__(
+            f"the session holds {count} uncommitted change(s) of the caller; commit or roll "
+            "them back first (this api function commits its own work, and only its own)"
+        )
 
 
 class SchemaNotReady(BeatSQLAlchemyError, RuntimeError):

@@ -5,6 +5,8 @@ A task's ``headers``, ``extra_options`` and option columns become message header
 same headers and options, so an unchecked row could send another task, under a fixed id,
 held until a date, pickled, or with callbacks that run other tasks. The models, the API and
 beat (for rows written with plain SQL) all check a row here.
+
+Internal: not part of the public surface (see ``beatsqlalchemy.__all__``).
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from .constants import BEAT_HEADER
 from .exceptions import ValidationError
-
-#: the header beat puts on every run it publishes (``RunOnceTask`` checks only those)
-BEAT_HEADER = "celery_beat_task"
+from .schedules import INT32_MAX
+from .validators import as_int, as_name
 
 #: headers Celery, kombu or the worker read as their own: the fields of a protocol 2
 #: message (``celery.app.amqp.AMQP.as_task_v2``), kombu's ``compression``, and every
@@ -160,3 +162,31 @@ def check_options(options: Mapping[str, Any]) -> None:
             raise ValidationError("extra_options", dict(options), f"{key!r} is not an option a periodic "
                                   f"task may set{hint}; allowed: {', '.join(OPTIONS)}")
         check(key, value)
+
+
+def build_options(
+    extra: Mapping[str, Any] | None, headers: Mapping[str, Any] | None, *, queue: str | None,
+    exchange: str | None, routing_key: str | None, priority: int | None, expires: datetime | None,
+    expire_seconds: int | None,
+) -> dict[str, Any]:
+    """The ``apply_async`` options of a task's columns (decoded from JSON), checked: the
+    one builder of beat's runs (``store``) and of ``api.run_now``."""
+    options: dict[str, Any] = dict(extra) if extra else {}
+    if options:
+        check_options(options)
+    if queue:
+        options["queue"] = as_name("queue", queue)
+    if exchange:
+        options["exchange"] = as_name("exchange", exchange)
+    if routing_key:
+        options["routing_key"] = as_name("routing_key", routing_key)
+    if priority is not None:
+        options["priority"] = as_int("priority", priority, 0, 255)
+    if expires is not None:
+        options["expires"] = expires
+    elif expire_seconds is not None:
+        options["expires"] = as_int("expire_seconds", expire_seconds, 0, INT32_MAX)
+    if headers:  # nothing a row holds may set Celery's own fields
+        check_headers(headers)
+    options["headers"] = dict(headers) if headers else {}
+    return options

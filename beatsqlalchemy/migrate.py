@@ -2,7 +2,10 @@
 
 Checking needs no Alembic: beat reads the version table itself and compares it with
 ``HEAD_REVISION``, so a process that finds its schema current never imports Alembic
-(about 11 MB and the parsing of every migration script)."""
+(about 11 MB and the parsing of every migration script).
+
+Internal: not part of the public surface (see ``beatsqlalchemy.__all__``).
+"""
 
 from __future__ import annotations
 

@@ -1,13 +1,19 @@
-"""Declarative models of the periodic-task tables, with validation at every write."""
+"""Declarative models of the periodic-task tables, with validation at every write.
+
+The tables, their column types and their checks: mapper events on these models (not on
+the Session class) validate every ORM insert or update of a task or a schedule row, from
+any session, and compute ``next_run_at``. Writing tasks by name lives in
+``beatsqlalchemy.api``; ``PeriodicTask.update_or_create`` is a door onto it.
+"""
 
 from __future__ import annotations
 
-import json
-import math
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import datetime
 from decimal import Decimal
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar
 
+from celery import current_app
 from celery.exceptions import ImproperlyConfigured
 from celery.schedules import BaseSchedule
 from celery.schedules import crontab as celery_crontab
@@ -31,24 +37,69 @@ from sqlalchemy import (
     false,
     select,
 )
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
     Session,
     mapped_column,
+    object_session,
     relationship,
     validates,
 )
 from sqlalchemy.types import TypeDecorator
 
 from . import schedules as sched
-from .db import prepare_write
+from .celery_schedules import ClockedCelerySchedule, ZonedCrontab
+from .constants import (
+    CONFIG_SOURCE,
+    DATABASE_SOURCE,
+    DESCRIPTION_BYTES,
+    NAME_LENGTH,
+    SCHEDULE_KINDS,
+)
 from .exceptions import ValidationError
 from .message_options import check_headers, check_options
 from .runids import DEPLOYMENT_TABLE, KEY_LENGTH, new_key, random_key
+from .sessions import open_session
+from .validators import (
+    as_bool,
+    as_datetime,
+    as_id,
+    as_int,
+    as_json,
+    as_misfire_policy,
+    as_name,
+    as_primary_key,
+    as_text,
+    check_free_id,
+    check_length,
+    check_required,
+)
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "SCHEDULE_MODELS",
+    "Base",
+    "ClockedSchedule",
+    "CrontabSchedule",
+    "Deployment",
+    "ExactString",
+    "IntervalSchedule",
+    "PeriodicTask",
+    "PeriodicTaskRun",
+    "ScheduleMixin",
+    "SolarSchedule",
+    "StoredJSON",
+    "StoredNumeric",
+    "UTCDateTime",
+    "Unreadable",
+    "exact_collation",
+    "get_session",
+]
+
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -57,18 +108,7 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-SCHEDULE_KINDS = ("interval", "crontab", "solar", "clocked")
-NAME_LENGTH = 200
-#: what a task does with runs it missed (beat down, database out): see ``schedules.on_time``
-MISFIRE_POLICIES = ("catch_up", "skip")
-#: the longest description, in bytes: a TEXT column on MySQL/MariaDB
-DESCRIPTION_BYTES = 65_535
-#: deepest nesting of arrays and objects accepted in a JSON field
-JSON_DEPTH = 100
-#: ``source`` of tasks installed from the app's ``beat_schedule``
-CONFIG_SOURCE = "config"
-#: ``source`` of tasks created in the database (the column holds NULL)
-DATABASE_SOURCE = "database"
+
 
 
 #: why a stored value is ``Unreadable``
@@ -234,182 +274,6 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-# -- field coercion shared by the models and the API --------------------------------
-
-def as_datetime(field: str, value: Any) -> datetime | None:
-    """A datetime (or ISO string) as aware UTC; None stays None."""
-    if value is None:
-        return None
-    given = value
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise ValidationError(field, value, "not an ISO 8601 date and time") from exc
-    if not isinstance(value, datetime):
-        raise ValidationError(field, value, "must be a datetime")
-    return sched.checked_utc(field, value, given)
-
-
-class _NotJSON(ValueError):
-    """NaN or Infinity in JSON text (Python's json module accepts them)."""
-
-
-def _refuse_constant(constant: str) -> NoReturn:
-    raise _NotJSON(constant)
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):  # 1e999: valid JSON text, but no float holds it
-        raise _NotJSON(text)
-    return value
-
-
-#: one strict decoder for every call (building one per call costs more than small values)
-_STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
-
-
-def parse_json(field: str, text: str | bytes) -> Any:
-    """Strict JSON text: no NaN or Infinity, nested at most JSON_DEPTH levels."""
-    try:
-        value = _STRICT_JSON.decode(text.decode("utf-8") if isinstance(text, bytes) else text)
-    except RecursionError:
-        raise ValidationError(field, text, f"nested deeper than {JSON_DEPTH} levels") from None
-    except _NotJSON as exc:
-        raise ValidationError(field, float(str(exc)), "NaN and Infinity are not valid JSON") from None
-    except ValueError as exc:
-        raise ValidationError(field, text, f"not valid JSON: {exc}") from exc
-    if not _nested_within(value, JSON_DEPTH):
-        raise ValidationError(field, text, f"nested deeper than {JSON_DEPTH} levels")
-    return value
-
-
-def _nested_within(value: Any, depth: int) -> bool:
-    """Whether lists, tuples and dicts nest at most ``depth`` levels; depth first and
-    without recursion, so that a cycle is simply too deep."""
-    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, (list, tuple, dict)) else []
-    while stack:
-        item, level = stack.pop()
-        children = item.values() if isinstance(item, dict) else item
-        for child in children:
-            if isinstance(child, (list, tuple, dict)):
-                if level >= depth:
-                    return False
-                stack.append((child, level + 1))
-    return True
-
-
-def as_json(field: str, value: Any, kind: type) -> Any:
-    """A list/dict, or a JSON string of one, checked to encode as strict JSON (no NaN or
-    Infinity, no lone surrogates, nested at most JSON_DEPTH levels)."""
-    text = isinstance(value, (str, bytes))
-    if text:
-        value = parse_json(field, value)
-    if kind is list and isinstance(value, tuple):
-        value = list(value)
-    if not isinstance(value, kind):
-        raise ValidationError(field, value, f"must be a JSON {'array' if kind is list else 'object'}")
-    if not text and not _nested_within(value, JSON_DEPTH):
-        raise ValidationError(field, value, f"nested deeper than {JSON_DEPTH} levels")
-    try:
-        json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
-    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
-        raise ValidationError(field, value, f"cannot be stored as JSON: {exc}") from exc
-    return value
-
-
-def as_name(field: str, value: Any, optional: bool = False) -> str | None:
-    """A non-empty string of at most 200 characters (or None when optional)."""
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or (not optional and not value.strip()):
-        raise ValidationError(field, value, "must be a non-empty string")
-    if len(value) > NAME_LENGTH:
-        raise ValidationError(field, value, f"longer than {NAME_LENGTH} characters")
-    return as_text(field, value)
-
-
-def as_text(field: str, value: str) -> str:
-    """``value`` if every database can store it: no NUL character (PostgreSQL refuses
-    them) and no lone surrogate (not encodable as UTF-8)."""
-    if "\x00" in value:
-        raise ValidationError(field, value, "must not contain NUL characters")
-    if not value.isascii():
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            raise ValidationError(field, value, "must be valid Unicode text (a lone surrogate)") from None
-    return value
-
-
-def as_int(field: str, value: Any, low: int, high: int | None = None) -> int | None:
-    """An int within [low, high], or None."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(field, value, "must be a whole number")
-    if value < low or (high is not None and value > high):
-        span = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ValidationError(field, value, f"must be {span}")
-    return value
-
-
-def as_misfire_policy(field: str, value: Any) -> str | None:
-    """One of MISFIRE_POLICIES, or None (the configuration decides)."""
-    if value is None or value in MISFIRE_POLICIES:
-        return value  # type: ignore[no-any-return]
-    raise ValidationError(field, value, f"must be one of {', '.join(MISFIRE_POLICIES)} (or None)")
-
-
-def as_bool(field: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValidationError(field, value, "must be true or false")
-    return value
-
-
-def as_id(field: str, value: Any) -> int | None:
-    """A row id: a whole number that an INTEGER column holds, from 1 (or None)."""
-    return as_int(field, value, 1, sched.INT32_MAX)
-
-
-def as_primary_key(row: Any, value: Any) -> int | None:
-    """A row's own id as a writer gives it: ``as_id``, and never a change of a stored
-    row's id (a free id for a new row is checked when it is written)."""
-    from sqlalchemy import inspect as sa_inspect
-
-    number = as_id("id", value)
-    if sa_inspect(row).persistent and number != row.id:
-        raise ValidationError("id", value, "the id of a stored row cannot change")
-    return number
-
-
-def check_free_id(session: Session, row: Any) -> None:
-    """A new row given an id of its own takes a free one (not a database error)."""
-    if row.id is not None:
-        with session.no_autoflush:
-            found = session.get(type(row), row.id)
-        if found is not None and found is not row:
-            raise ValidationError("id", row.id, f"a row of {row.__tablename__} has this id")
-
-
-def check_length(model: type[Base], field: str, value: str) -> str:
-    """``value`` if it fits its VARCHAR column (PostgreSQL and MySQL refuse longer ones)."""
-    length = getattr(model.__table__.c[field].type, "length", None)  # type: ignore[attr-defined]
-    if length is not None and len(value) > length:
-        raise ValidationError(field, value, f"longer than {length} characters")
-    return value
-
-
-def check_required(row: Base) -> None:
-    """Every NOT NULL column without a default has a value: a ValidationError naming the
-    first one missing, before the database refuses the row."""
-    for column in row.__table__.columns:  # type: ignore[attr-defined]
-        if (not column.nullable and not column.primary_key and column.default is None
-                and column.server_default is None and getattr(row, column.key) is None):
-            raise ValidationError(column.key, None, "is required")
-
-
 # -- schedule tables ----------------------------------------------------------------
 
 class ScheduleMixin:
@@ -425,8 +289,14 @@ class ScheduleMixin:
     def _id(self, key: str, value: Any) -> int | None:
         return as_primary_key(self, value)
 
-    def spec(self) -> sched.Spec:
+    @staticmethod
+    def spec_of(row: Any) -> sched.Spec:
+        """The schedule spec of a row of this table: this model's instance, or a row read
+        with a Core statement (beat's store): the one builder of both."""
         raise NotImplementedError
+
+    def spec(self) -> sched.Spec:
+        return self.spec_of(self)
 
     def check(self) -> None:
         """Checks that span several fields (the single-field ones run on assignment)."""
@@ -472,12 +342,13 @@ class IntervalSchedule(ScheduleMixin, Base):
             sched.check_every(self.every, period)
         return period
 
-    def spec(self) -> sched.Interval:
-        return sched.Interval(sched.interval_delta(self.every, self.period))
+    @staticmethod
+    def spec_of(row: Any) -> sched.Interval:
+        return sched.Interval(sched.interval_delta(row.every, row.period))
 
     @property
     def schedule(self) -> celery_schedule:
-        return celery_schedule(self.spec().every)
+        return celery_schedule(self.spec_of(self).every)
 
     def __str__(self) -> str:
         unit = self.period[:-1] if self.every == 1 else self.period
@@ -526,15 +397,15 @@ class CrontabSchedule(ScheduleMixin, Base):
     def check(self) -> None:
         """A crontab that never fires (Feb 31st) is refused."""
         super().check()
-        reason = sched.never_fires(self.spec())
+        reason = sched.never_fires(self.spec_of(self))
         if reason is not None:
             expression = " ".join(str(getattr(self, name)) for name in sched.CRON_ORDER)
             raise ValidationError("crontab", expression, reason)
 
-    def spec(self) -> sched.Cron:
+    @staticmethod
+    def spec_of(row: Any) -> sched.Cron:
         return sched.Cron.parse(
-            self.minute, self.hour, self.day_of_week, self.day_of_month, self.month_of_year,
-            self.timezone,
+            row.minute, row.hour, row.day_of_week, row.day_of_month, row.month_of_year, row.timezone,
         )
 
     @property
@@ -549,29 +420,6 @@ class CrontabSchedule(ScheduleMixin, Base):
         return (
             f"{self.minute} {self.hour} {self.day_of_month} {self.month_of_year} "
             f"{self.day_of_week} ({self.timezone})"
-        )
-
-
-class ZonedCrontab(celery_crontab):
-    """Celery's crontab, evaluated in a timezone of its own instead of the app's."""
-
-    def __init__(self, *args: Any, tz_name: str = "UTC", **kwargs: Any) -> None:
-        self.tz_name = tz_name
-        super().__init__(*args, **kwargs)
-
-    @property
-    def tz(self) -> Any:  # type: ignore[override]
-        return sched.zone(self.tz_name)
-
-    def now(self) -> datetime:
-        return datetime.now(self.tz)
-
-    def __reduce__(self) -> Any:
-        return (
-            self.__class__,
-            (self._orig_minute, self._orig_hour, self._orig_day_of_week,
-             self._orig_day_of_month, self._orig_month_of_year),
-            {"tz_name": self.tz_name},
         )
 
 
@@ -595,8 +443,9 @@ class SolarSchedule(ScheduleMixin, Base):
     def _coordinate(self, key: str, value: Any) -> Decimal:
         return sched.coordinate(key, value)
 
-    def spec(self) -> sched.Solar:
-        return sched.solar_spec(self.event, self.latitude, self.longitude)
+    @staticmethod
+    def spec_of(row: Any) -> sched.Solar:
+        return sched.solar_spec(row.event, row.latitude, row.longitude)
 
     @property
     def schedule(self) -> celery_solar:
@@ -624,8 +473,9 @@ class ClockedSchedule(ScheduleMixin, Base):
             raise ValidationError("clocked_time", value, "is required")
         return moment
 
-    def spec(self) -> sched.Clocked:
-        return sched.Clocked(readable("clocked_time", self.clocked_time))
+    @staticmethod
+    def spec_of(row: Any) -> sched.Clocked:
+        return sched.Clocked(sched.as_utc(readable("clocked_time", row.clocked_time)))
 
     @property
     def schedule(self) -> ClockedCelerySchedule:
@@ -635,36 +485,24 @@ class ClockedSchedule(ScheduleMixin, Base):
         return f"once at {self.clocked_time.isoformat()}"
 
 
-class ClockedCelerySchedule(BaseSchedule):
-    """A Celery schedule that is due once, at a fixed moment."""
-
-    def __init__(self, clocked_time: datetime) -> None:
-        self.clocked_time = sched.as_utc(clocked_time)
-        super().__init__()
-
-    def remaining_estimate(self, last_run_at: datetime) -> timedelta:
-        return self.clocked_time - sched.utcnow()
-
-    def is_due(self, last_run_at: datetime) -> tuple[bool, float]:
-        remaining = self.remaining_estimate(last_run_at).total_seconds()
-        return (remaining <= 0, max(remaining, 0.0) or 3600.0)
-
-    def __repr__(self) -> str:
-        return f"<clocked: {self.clocked_time.isoformat()}>"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ClockedCelerySchedule) and other.clocked_time == self.clocked_time
-
-    def __hash__(self) -> int:
-        return hash(self.clocked_time)
-
-
 SCHEDULE_MODELS: dict[str, type[ScheduleMixin]] = {
     m.kind: m for m in (IntervalSchedule, CrontabSchedule, SolarSchedule, ClockedSchedule)
 }
 
 
 # -- the task table -----------------------------------------------------------------
+
+class _WritePath:
+    """Where ``PeriodicTask.update_or_create`` finds the write core. The core lives in
+    ``beatsqlalchemy.api``, which imports this module, so this module cannot import it:
+    api registers its ``upsert`` here when it is imported, and the package ``__init__``
+    imports api, so importing any module of the package registers it."""
+
+    upsert: Callable[[Session, str | None, dict[str, Any], bool], tuple[PeriodicTask, bool]] | None = None
+
+
+WRITE_PATH = _WritePath()
+
 
 _ONE_SCHEDULE = " + ".join(
     f"(CASE WHEN {kind}_id IS NULL THEN 0 ELSE 1 END)" for kind in SCHEDULE_KINDS
@@ -859,8 +697,6 @@ class PeriodicTask(Base):
 
     def validate(self) -> None:
         """Checks that span several fields; the single-field ones run on assignment."""
-        from sqlalchemy import inspect as sa_inspect
-
         state = sa_inspect(self)
         # Until the flush syncs foreign keys, a changed relationship is what counts (a
         # schedule set to None still has its old id), and a changed id where the
@@ -929,37 +765,16 @@ class PeriodicTask(Base):
     ) -> tuple[PeriodicTask, bool]:
         """Create the task called ``name`` or update it with ``fields`` and ``defaults``;
         returns ``(task, created)``. Schedules may be given as rows, dicts, JSON strings,
-        Celery schedule objects, timedeltas or (crontab) 5-field cron strings."""
+        Celery schedule objects, timedeltas or (crontab) 5-field cron strings.
+
+        A door onto ``beatsqlalchemy.api``'s write path (``WRITE_PATH``); commits unless
+        ``commit=False`` (then it flushes, in the caller's transaction)."""
         session = session or session_obj
         if session is None:
             raise TypeError("update_or_create() needs a session (positional or session_obj=)")
-        values = {**(defaults or {}), **fields}
-        name = as_name("name", name if name is not None else values.pop("name", None))
-        values.pop("name", None)
-        for attempt in (1, 2):
-            try:
-                prepare_write(session)
-                task = session.scalars(select(cls).where(cls.name == name)).one_or_none()
-                created = task is None
-                if task is None:
-                    given = values.get("task")  # the task defaults to the name
-                    task = cls(name=name, task=name if given is None else given)
-                apply_fields(session, task, dict(values, task=task.task) if created else values)
-                session.add(task)
-                if commit:
-                    session.commit()
-                else:
-                    session.flush()
-                return task, created
-            except IntegrityError:
-                session.rollback()
-                if attempt == 2 or not created:
-                    raise
-                # another writer created the same name meanwhile: update that row instead
-            except BaseException:
-                session.rollback()
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        if WRITE_PATH.upsert is None:  # pragma: no cover (the package __init__ imports api)
+            raise RuntimeError("beatsqlalchemy.api is not imported: import beatsqlalchemy")
+        return WRITE_PATH.upsert(session, name, {**(defaults or {}), **fields}, commit)
 
 
 class PeriodicTaskRun(Base):
@@ -1006,167 +821,81 @@ for _table in Base.metadata.tables.values():
         _table.dialect_options[_dialect]["charset"] = "utf8mb4"
 
 
-# -- setting fields from any accepted form ------------------------------------------
+# -- validation on every ORM write of our rows -----------------------------------------
+#
+# Mapper-level events on our models only: any session (ours, the host application's, an
+# admin library's) that inserts or updates a task or a schedule row runs these checks, and
+# a flush of the host application's own models runs none of our code.
 
-def apply_fields(session: Session, task: PeriodicTask, values: dict[str, Any]) -> None:
-    """Set ``values`` on ``task``; schedule keywords replace its schedule."""
-    given = [kind for kind in SCHEDULE_KINDS if values.get(kind) is not None]
-    if "schedule" in values:
-        value = values.pop("schedule")
-        if value is not None:
-            kind = schedule_kind(value)
-            values[kind] = value
-            given = [kind]
-    if len(given) > 1:
-        raise ValidationError("schedule", given, "give only one of interval, crontab, solar, clocked")
-    if given:
-        ids = [f"{kind}_id" for kind in SCHEDULE_KINDS if f"{kind}_id" in values]
-        if ids:
-            value = as_id(ids[0], values[ids[0]])
-            raise ValidationError(ids[0], value, "give a schedule or a schedule id, not both")
-    rows = {kind: resolve_schedule(session, kind, values[kind]) for kind in given}
-    for kind in SCHEDULE_KINDS:
-        values.pop(kind, None)
-        if given:
-            setattr(task, kind, rows.get(kind))
-    if given == ["clocked"] and "one_off" not in values:
-        values["one_off"] = True
-    for key, value in values.items():
-        if key not in PeriodicTask.__mapper__.columns or key in ("id", "needs_recompute", "run_key"):
-            raise ValidationError(key, value, "not a field of a periodic task")
-        setattr(task, key, value)
+#: ``session.info`` key: the transaction in which rows of ours were last flushed (the api
+#: refuses to commit a transaction holding the caller's flushed changes)
+WRITTEN_IN = "beatsqlalchemy.written_in"
 
 
-def schedule_kind(value: Any) -> str:
-    """Which schedule table a value belongs in."""
-    if isinstance(value, ScheduleMixin):
-        return value.kind
-    if isinstance(value, celery_crontab):
-        return "crontab"
-    if isinstance(value, celery_solar):
-        return "solar"
-    if isinstance(value, (ClockedCelerySchedule, datetime)):
-        return "clocked"
-    if isinstance(value, (celery_schedule, timedelta)) or (
-        isinstance(value, (int, float)) and not isinstance(value, bool)
-    ):
-        return "interval"
-    if isinstance(value, str) and len(value.split()) == 5:
-        return "crontab"
-    raise ValidationError("schedule", value, "not a crontab, interval, solar or clocked schedule")
+def _written(row: Any) -> Session | None:
+    """Note that ``row`` is flushed in its session's current transaction."""
+    session = object_session(row)
+    if session is not None:
+        session.info[WRITTEN_IN] = session.get_transaction()
+    return session
 
 
-def schedule_fields(kind: str, value: Any) -> dict[str, Any]:
-    """The column values of a schedule given in any accepted form."""
-    if isinstance(value, str):
-        stripped = value.strip()
-        if kind == "crontab" and not stripped.startswith("{"):
-            return sched.split_cron(stripped)
-        if kind == "clocked" and not stripped.startswith("{"):
-            return {"clocked_time": value}
-        try:
-            value = json.loads(stripped)
-        except ValueError as exc:
-            raise ValidationError(kind, value, f"not valid JSON: {exc}") from exc
-    if isinstance(value, dict):
-        known = SCHEDULE_MODELS[kind].identity
-        unknown = set(value) - set(known)
-        if unknown:
-            raise ValidationError(kind, value, f"unknown field(s) {', '.join(sorted(unknown))}")
-        return dict(value)
-    if kind == "crontab" and isinstance(value, celery_crontab):
-        # Celery's crontab runs in its app's timezone; ours carries its own
-        tz = value.tz_name if isinstance(value, ZonedCrontab) else sched.app_timezone(
-            getattr(value, "_app", None))
-        return {
-            "minute": str(value._orig_minute), "hour": str(value._orig_hour),
-            "day_of_week": str(value._orig_day_of_week),
-            "day_of_month": str(value._orig_day_of_month),
-            "month_of_year": str(value._orig_month_of_year), "timezone": tz,
-        }
-    if kind == "interval" and isinstance(value, (celery_schedule, timedelta, int, float)):
-        delta = value.run_every if isinstance(value, celery_schedule) else value
-        if not isinstance(delta, timedelta):
-            try:
-                delta = timedelta(seconds=delta)
-            except (OverflowError, ValueError) as exc:  # too long, NaN
-                raise ValidationError(kind, value, f"not a usable number of seconds: {exc}") from exc
-        return interval_fields(delta)
-    if kind == "solar" and isinstance(value, celery_solar):
-        return {"event": value.event, "latitude": value.lat, "longitude": value.lon}
-    if kind == "clocked" and isinstance(value, (datetime, ClockedCelerySchedule)):
-        return {"clocked_time": getattr(value, "clocked_time", value)}
-    raise ValidationError(kind, value, f"cannot be read as a {kind} schedule")
+def _deleting(_mapper: Any, _connection: Any, row: Any) -> None:
+    _written(row)
 
 
-def interval_fields(delta: timedelta) -> dict[str, Any]:
-    """``every``/``period`` for a timedelta, in the largest unit that divides it."""
-    micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-    if micros < 1:
-        raise ValidationError("interval", delta, "must be longer than zero")
-    for period, size in (("days", 86_400_000_000), ("hours", 3_600_000_000),
-                         ("minutes", 60_000_000), ("seconds", 1_000_000)):
-        if micros % size == 0:
-            return {"every": micros // size, "period": period}
-    return {"every": micros, "period": "microseconds"}
+def _check_schedule_row(_mapper: Any, _connection: Any, row: ScheduleMixin) -> None:
+    """A schedule row is complete, takes a free id and equals no stored row."""
+    session = _written(row)
+    if session is None:  # pragma: no cover (a flush always has its session)
+        return
+    if sa_inspect(row).pending:
+        check_free_id(session, row)
+    row.check()
+    row.check_unique(session)
 
 
-def resolve_schedule(session: Session, kind: str, value: Any) -> ScheduleMixin:
-    """The schedule row for ``value``: an equal existing row, or a new one."""
-    from sqlalchemy import inspect as sa_inspect
+def _check_task_insert(_mapper: Any, _connection: Any, task: PeriodicTask) -> None:
+    """A new task is validated and gets its ``next_run_at``."""
+    session = _written(task)
+    if session is not None:
+        check_free_id(session, task)
+    task.validate()
+    _schedule(task)
 
-    model = SCHEDULE_MODELS[kind]
-    if isinstance(value, model):
-        state = sa_inspect(value)
-        if state.has_identity or state.pending:  # a stored row, or one already added
-            return value
-        candidate: ScheduleMixin = value  # a new instance: reuse an equal row if any
+
+def _check_task_update(_mapper: Any, _connection: Any, task: PeriodicTask) -> None:
+    """A changed task is validated; a change of its schedule moves ``next_run_at``."""
+    _written(task)
+    task.validate()
+    # a writer that clears next_run_at of an enabled task gets it computed again
+    # (beat's window never reads NULL: the task would never run)
+    cleared = task.enabled and task.next_run_at is None and task.schedule_error is None
+    if cleared or _schedule_changed(task):
+        _schedule(task)
+
+
+def _schedule(task: PeriodicTask) -> None:
+    session = object_session(task)
+    if session is None:  # pragma: no cover
+        task.next_run_at = task.compute_next_run()
     else:
-        candidate = model(**schedule_fields(kind, value))  # validates every field
-    candidate.check()
-    key = dict(zip(model.identity, candidate.key(), strict=True))
-    with session.no_autoflush:
-        found = session.scalars(select(model).filter_by(**key)).first()
-    if found is not None:
-        return found
-    try:
-        with session.begin_nested():
-            session.add(candidate)
-    except IntegrityError:  # created meanwhile by another writer
-        found = session.scalars(select(model).filter_by(**key)).first()
-        if found is None:
-            raise
-        return found
-    return candidate
+        with session.no_autoflush:
+            task.next_run_at = task.compute_next_run()
+    task.schedule_error = None
 
 
-@event.listens_for(Session, "before_flush")
-def _validate_and_schedule(session: Session, _context: Any, _instances: Any) -> None:
-    """Every task written through the ORM is validated and gets its ``next_run_at``."""
-    now = sched.utcnow()
-    for obj in list(session.new) + list(session.dirty):
-        if not isinstance(obj, (ScheduleMixin, PeriodicTask)):
-            continue
-        if obj in session.new:
-            check_free_id(session, obj)
-        if isinstance(obj, ScheduleMixin):
-            obj.check()
-            obj.check_unique(session)
-            continue
-        obj.validate()
-        # a writer that clears next_run_at of an enabled task gets it computed again
-        # (beat's window never reads NULL: the task would never run)
-        cleared = obj.enabled and obj.next_run_at is None and obj.schedule_error is None
-        if obj in session.new or _schedule_changed(obj) or cleared:
-            with session.no_autoflush:
-                obj.next_run_at = obj.compute_next_run(now)
-            obj.schedule_error = None
+for _model in SCHEDULE_MODELS.values():
+    event.listen(_model, "before_insert", _check_schedule_row)
+    event.listen(_model, "before_update", _check_schedule_row)
+    event.listen(_model, "before_delete", _deleting)
+event.listen(PeriodicTask, "before_delete", _deleting)
+event.listen(PeriodicTask, "before_insert", _check_task_insert)
+event.listen(PeriodicTask, "before_update", _check_task_update)
 
 
 def _schedule_changed(task: PeriodicTask) -> bool:
-    from sqlalchemy import inspect
-
-    state = inspect(task)
+    state = sa_inspect(task)
     if state.attrs.next_run_at.history.has_changes():
         return False  # the writer set next_run_at itself
     return any(state.attrs[name].history.has_changes() for name in SCHEDULE_COLUMNS)
@@ -1175,8 +904,4 @@ def _schedule_changed(task: PeriodicTask) -> bool:
 def get_session(app: Any = None) -> Session:
     """A session on the database configured for ``app`` (the current Celery app when
     none is given); on the SQLite default the tables are created on first use."""
-    from celery import current_app
-
-    from .api import open_session
-
     return open_session(app or current_app._get_current_object())

@@ -4,6 +4,8 @@ Beat's runs are pushed with a Lua script that pushes only if the queue has not h
 run's task id within the dedup period, and remembers the id for that long; the check and
 the push are one atomic step in Redis. Every other message is pushed as kombu does.
 Imported only where the broker is Redis (see ``beatsqlalchemy.broker``).
+
+Internal: not part of the public surface (see ``beatsqlalchemy.__all__``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils import json as kombu_json
 
 from .broker import TTL_OPTION, report_unrouted
-from .store import BEAT_HEADER
+from .constants import BEAT_HEADER
 
 logger = logging.getLogger(__name__)
 _dumps: Callable[[Any], str] = kombu_json.dumps  # how kombu's Redis channel encodes a message

@@ -4,7 +4,10 @@ A run id is a uuid5 of the deployment id (a random id created with the schedule 
 the one row of ``beatsqlalchemy_deployment``), the task row's id, the row's own random
 ``run_key`` (created with the row) and the slot. Every beat of one deployment derives the
 same id for the same run, so the broker can refuse a second copy; two deployments sharing a
-broker, or a task re-created under a reused row id, never derive the same one."""
+broker, or a task re-created under a reused row id, never derive the same one.
+
+Internal: not part of the public surface (see ``beatsqlalchemy.__all__``).
+"""
 
 from __future__ import annotations
 

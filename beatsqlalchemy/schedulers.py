@@ -26,14 +26,19 @@ from sqlalchemy.pool import SingletonThreadPool
 
 from . import api
 from . import schedules as sched
-from .broker import REPORTED_MAX, beat_connection, pushes_once, report_unrouted, returns_unrouted
+from .broker import REPORTED_MAX, beat_connection, publish, pushes_once, report_unrouted, returns_unrouted
 from .config import BeatConfig
-from .db import get_engine, redact, session_factory
+from .db import database_error, get_engine, redact, session_factory
 from .exceptions import SchemaNotReady
 from .migrate import ensure_schema
 from .models import PeriodicTask
 from .store import ClaimResult, Run, Store, Window
 from .watch import watch_for
+
+__all__ = [
+    "DatabaseScheduler",
+]
+
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,13 +95,6 @@ def _deliver(handler: Any, signum: int, frame: Any) -> None:
     elif handler == signal.SIG_DFL:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
-
-
-def describe(exc: BaseException) -> str:
-    """One line about a database error, without SQL text, parameters or secrets."""
-    original = getattr(exc, "orig", None) or exc
-    text = str(original).strip().splitlines()
-    return f"{type(original).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 class _Claim(NamedTuple):
@@ -551,13 +549,8 @@ class DatabaseScheduler(Scheduler):
         return True
 
     def _apply(self, run: Run) -> None:
-        task = self.app.tasks.get(run.task)
         options = {**run.options, "mandatory": True} if self._returns else run.options
-        if task is not None:
-            task.apply_async(run.args, run.kwargs, producer=self.producer, task_id=run.task_id, **options)
-        else:
-            self.app.send_task(run.task, run.args, run.kwargs, producer=self.producer,
-                               task_id=run.task_id, **options)
+        publish(self.app, run.task, run.args, run.kwargs, run.task_id, options, self.producer)
 
     # -- health -----------------------------------------------------------------
 
@@ -574,7 +567,7 @@ class DatabaseScheduler(Scheduler):
             self._outage_since = time.monotonic()
             logger.error(
                 "beat: database %s error while %s (%s); keeping %d scheduled run(s) "
-                "in memory and retrying", redact(self.config.url), doing, describe(exc),
+                "in memory and retrying", redact(self.config.url), doing, database_error(exc),
                 len(self._window),
             )
         self._retry_delay = min(max(self._retry_delay * 2, 0.5), MAX_RETRY_DELAY)

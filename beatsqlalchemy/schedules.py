@@ -6,6 +6,8 @@ same UTC offset it would have had before the change; a time repeated by a
 fall-back change runs once, at its first occurrence, for crontabs that name
 their hours, and at both occurrences for crontabs that run every hour (as cron
 does), so that no real hour goes without its runs.
+
+Internal: not part of the public surface (see ``beatsqlalchemy.__all__``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Every SQL statement the scheduler runs: the near window, recompute, claim, run log."""
+"""Every SQL statement the scheduler runs: the near window, recompute, claim, run log.
+
+Internal: not part of the public surface (see ``beatsqlalchemy.__all__``).
+"""
 
 from __future__ import annotations
 
@@ -37,27 +40,20 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import NullType
 
 from . import schedules as sched
+from .constants import ABANDONED, BEAT_HEADER, CLAIMED, SCHEDULE_KINDS, SENT, SKIPPED
 from .db import begin_write, outside_transaction
 from .exceptions import ValidationError
-from .message_options import BEAT_HEADER as BEAT_HEADER  # re-exported: worker and broker read it here
-from .message_options import check_headers, check_options
+from .message_options import build_options
 from .models import (
     ROW_ERRORS,
-    SCHEDULE_KINDS,
-    ClockedSchedule,
-    CrontabSchedule,
-    IntervalSchedule,
+    SCHEDULE_MODELS,
     PeriodicTask,
     PeriodicTaskRun,
-    SolarSchedule,
-    as_int,
-    as_misfire_policy,
-    as_name,
-    parse_json,
     readable,
     row_error,
 )
 from .runids import deployment_id, run_task_id
+from .validators import as_misfire_policy, as_name, parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +109,6 @@ def _window_statement() -> Any:
     )
 
 
-CLAIMED, SENT, ABANDONED, SKIPPED = "claimed", "sent", "abandoned", "skipped"
 #: the near window plus probes for flagged tasks and the oldest unconfirmed claim, built once
 _WINDOW = _window_statement()
 #: the latest time a ``next_run_at`` can hold and beat read
@@ -675,38 +670,17 @@ def _parse_payload(row: TaskRow) -> tuple[list[Any], dict[str, Any], dict[str, A
     as_misfire_policy("misfire_policy", row.misfire_policy)
     args = _loads("args", row.args, list, [])
     kwargs = _loads("kwargs", row.kwargs, dict, {})
-    headers = _loads("headers", row.headers, dict, {})
-    if headers:  # a row written with plain SQL: nothing it holds may set Celery's own fields
-        check_headers(headers)
-    options: dict[str, Any] = dict(_loads("extra_options", row.extra_options, dict, {}))
-    if options:
-        check_options(options)
-    if row.queue:
-        options["queue"] = as_name("queue", row.queue)
-    if row.exchange:
-        options["exchange"] = as_name("exchange", row.exchange)
-    if row.routing_key:
-        options["routing_key"] = as_name("routing_key", row.routing_key)
-    if row.priority is not None:
-        options["priority"] = as_int("priority", row.priority, 0, 255)
-    if row.expires is not None:
-        options["expires"] = readable("expires", row.expires)
-    elif row.expire_seconds is not None:
-        options["expires"] = as_int("expire_seconds", row.expire_seconds, 0, sched.INT32_MAX)
-    options["headers"] = {**headers, BEAT_HEADER: True}
+    options = build_options(
+        _loads("extra_options", row.extra_options, dict, {}), _loads("headers", row.headers, dict, {}),
+        queue=row.queue, exchange=row.exchange, routing_key=row.routing_key, priority=row.priority,
+        expires=readable("expires", row.expires), expire_seconds=row.expire_seconds,
+    )
+    options["headers"][BEAT_HEADER] = True
     return args, kwargs, options
 
 
 _SPEC_TABLES: dict[str, tuple[Table, Callable[[TaskRow], Any]]] = {
-    "interval": (_table(IntervalSchedule),
-                 lambda r: sched.Interval(sched.interval_delta(r.every, r.period))),
-    "crontab": (_table(CrontabSchedule),
-                lambda r: sched.Cron.parse(r.minute, r.hour, r.day_of_week, r.day_of_month,
-                                           r.month_of_year, r.timezone)),
-    "solar": (_table(SolarSchedule),
-              lambda r: sched.solar_spec(r.event, r.latitude, r.longitude)),
-    "clocked": (_table(ClockedSchedule),
-                lambda r: sched.Clocked(sched.as_utc(readable("clocked_time", r.clocked_time)))),
+    kind: (_table(model), model.spec_of) for kind, model in SCHEDULE_MODELS.items()
 }
 
 

@@ -11,6 +11,8 @@ PostgreSQL drivers) there is no watch and beat reads at every sync interval.
 A watch errs on one side only: "changed" may be said of nothing, never the reverse.
 Whatever goes wrong with its connection is "changed", and the watch is re-armed at the
 next read.
+
+Internal: not part of the public surface (see ``beatsqlalchemy.__all__``).
 """
 
 from __future__ import annotations

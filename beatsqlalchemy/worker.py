@@ -21,9 +21,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import schedules as sched
 from .config import BeatConfig
-from .db import get_engine
-from .schedulers import describe
-from .store import BEAT_HEADER, Store
+from .constants import BEAT_HEADER
+from .db import database_error, get_engine
+from .store import Store
+
+__all__ = [
+    "RunOnceTask",
+    "first_start",
+    "is_first_delivery",
+]
+
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +43,7 @@ def first_start(engine: Engine, task_id: str, worker: str) -> bool:
         return store.start(task_id, worker, sched.utcnow())
     except SQLAlchemyError as exc:
         logger.warning("beatsqlalchemy: could not check whether run %s started already (%s); "
-                       "running it", task_id, describe(exc))
+                       "running it", task_id, database_error(exc))
         return True
 
 

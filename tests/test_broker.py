@@ -22,9 +22,9 @@ from kombu import Connection, Exchange, Queue
 from sqlalchemy import select
 
 from beatsqlalchemy import broker, db, redis_push_once
+from beatsqlalchemy.constants import BEAT_HEADER
 from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
 from beatsqlalchemy.schedulers import DatabaseScheduler
-from beatsqlalchemy.store import BEAT_HEADER
 from harness.helpers import tick_until
 
 redis = pytest.importorskip("redis")

@@ -16,10 +16,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from beatsqlalchemy import schedules as sched
+from beatsqlalchemy.celery_schedules import ClockedCelerySchedule
 from beatsqlalchemy.exceptions import ValidationError
 from beatsqlalchemy.models import (
     Base,
-    ClockedCelerySchedule,
     ClockedSchedule,
     CrontabSchedule,
     IntervalSchedule,

@@ -28,9 +28,10 @@ from sqlalchemy.orm import Session
 from beatsqlalchemy import api, db
 from beatsqlalchemy import schedules as sched
 from beatsqlalchemy.cli import main as cli_main
+from beatsqlalchemy.constants import SCHEDULE_KINDS
+from beatsqlalchemy.converters import schedule_fields
 from beatsqlalchemy.exceptions import ValidationError
 from beatsqlalchemy.models import (
-    SCHEDULE_KINDS,
     SCHEDULE_MODELS,
     Base,
     ClockedSchedule,
@@ -38,12 +39,10 @@ from beatsqlalchemy.models import (
     IntervalSchedule,
     PeriodicTask,
     SolarSchedule,
-    as_datetime,
-    as_json,
-    schedule_fields,
 )
 from beatsqlalchemy.runids import DEPLOYMENT_TABLE
 from beatsqlalchemy.schedulers import DatabaseScheduler
+from beatsqlalchemy.validators import as_datetime, as_json
 from harness.helpers import print_in_summary
 
 UTC = timezone.utc

@@ -27,9 +27,9 @@ from celery import Celery
 from sqlalchemy.engine import make_url
 
 from beatsqlalchemy import api, db
+from beatsqlalchemy.constants import BEAT_HEADER
 from beatsqlalchemy.exceptions import SchemaNotReady, ValidationError
 from beatsqlalchemy.schedulers import DatabaseScheduler
-from beatsqlalchemy.store import BEAT_HEADER
 from beatsqlalchemy.worker import RunOnceTask
 from harness.processes import Cluster, Processes, wait_for
 from harness.proxy import Proxy

@@ -1,0 +1,25 @@
+"""Internal. Names and limits shared across the layers (tables, api, store, beat, worker,
+broker): a leaf module, importing nothing of the package."""
+
+from __future__ import annotations
+
+SCHEDULE_KINDS = ("interval", "crontab", "solar", "clocked")
+NAME_LENGTH = 200
+#: what a task does with runs it missed (beat down, database out): see ``schedules.on_time``
+MISFIRE_POLICIES = ("catch_up", "skip")
+#: the longest description, in bytes: a TEXT column on MySQL/MariaDB
+DESCRIPTION_BYTES = 65_535
+#: deepest nesting of arrays and objects accepted in a JSON field
+JSON_DEPTH = 100
+#: ``source`` of tasks installed from the app's ``beat_schedule``
+CONFIG_SOURCE = "config"
+#: ``source`` of tasks created in the database (the column holds NULL)
+DATABASE_SOURCE = "database"
+
+#: the states of a run in ``celery_periodic_task_run``: claimed by beat, then sent to the
+#: broker; abandoned (claimed by a beat that died before sending) or skipped (a misfire
+#: the task's policy did not send)
+CLAIMED, SENT, ABANDONED, SKIPPED = "claimed", "sent", "abandoned", "skipped"
+
+#: the header beat puts on every run it publishes (``RunOnceTask`` checks only those)
+BEAT_HEADER = "celery_beat_task"
