@@ -14,6 +14,10 @@ broker, while the broker accepted it: beat says so (``report_unrouted``), once p
 and route. On Redis beat's channel sees that kombu found no queue for it; on AMQP beat
 publishes with the ``mandatory`` flag and reads the runs the broker hands back.
 
+On AMQP beat publishes with publisher confirms: a run is recorded as sent only once the
+broker has acknowledged it, and a refusal (an exchange that does not exist closes the
+channel) belongs to the run that caused it, never to the next one on the channel.
+
 Internal: not part of the public surface (see ``beatsqlalchemy.__all__``).
 """
 
@@ -42,8 +46,13 @@ PUSH_ONCE = {
 
 def beat_connection(app: Celery, dedup_seconds: float) -> Connection:
     """The connection beat publishes on: the app's, with the push-once transport where the
-    broker is Redis (or Sentinel) and ``dedup_seconds`` is not 0."""
+    broker is Redis (or Sentinel) and ``dedup_seconds`` is not 0, with publisher confirms
+    on AMQP."""
     connection: Connection = app.connection_for_write()
+    if returns_unrouted(connection):  # AMQP: wait for the broker's ack of each run
+        confirmed: Connection = connection.clone(  # type: ignore[no-untyped-call]
+            transport_options={**(connection.transport_options or {}), "confirm_publish": True})
+        return confirmed
     push_once = PUSH_ONCE.get(_transport_name(connection))
     if push_once is None:
         return connection

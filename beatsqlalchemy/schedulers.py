@@ -228,17 +228,16 @@ class DatabaseScheduler(Scheduler):
         producer: Producer = self.Producer(connection.channel(), auto_declare=False, on_return=self._returned)
         return producer
 
-    def _renew_channel(self, exc: BaseException) -> None:
+    def _renew_channel(self, exc: BaseException, refused: str = "") -> None:
         """Publish on a new channel from now on: on AMQP the broker closes a channel on
-        which a message named an exchange that does not exist, and the next publish on
-        it fails, whichever task it is for."""
+        which a message named an exchange that does not exist."""
         reason = str(exc)
         if reason not in self._channel_closures:
             if len(self._channel_closures) >= REPORTED_MAX:
                 self._channel_closures.clear()
             self._channel_closures.add(reason)
-            logger.warning("beat: the broker closed beat's channel: %s; publishing on a new channel "
-                           "(said once per reason)", reason)
+            logger.warning("beat: the broker closed beat's channel: %s%s; publishing on a new channel "
+                           "(said once per reason)", reason, refused)
         producer = self.__dict__.pop("producer", None)
         if producer is not None:
             with contextlib.suppress(Exception):
@@ -540,8 +539,11 @@ class DatabaseScheduler(Scheduler):
             except Exception as exc:
                 if not (self._returns and isinstance(exc, self.connection.channel_errors)):
                     raise
-                self._renew_channel(exc)  # the broker closed the channel over an earlier run
-                self._apply(run)
+                # confirmed publishing: the broker refused this run (an exchange that does
+                # not exist) and closed the channel; like an unrouted run it is dropped, said
+                # once, and every other run goes on a new channel
+                self._renew_channel(exc, f"; it refused the run of {run.name!r} ({run.task}) for "
+                                         f"{run.slot.isoformat()}, which the run log says sent")
         except Exception as exc:  # a broker error must not stop beat
             logger.error("beat: could not send %s (%s) for %s: %s", run.name, run.task,
                          run.slot.isoformat(), exc, exc_info=True)

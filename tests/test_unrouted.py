@@ -100,9 +100,10 @@ def test_a_run_no_queue_takes_is_reported_once_per_task_and_route(
 def test_amqp_a_missing_exchange_is_reported_and_other_tasks_keep_going(
     make_beat: Callable[..., DatabaseScheduler], caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """RabbitMQ closes the channel of a publish to an exchange that does not exist, and the
-    next publish on it fails, whatever its task: beat says why once and publishes every
-    other run on a new channel."""
+    """RabbitMQ closes the channel of a publish to an exchange that does not exist, and drops
+    whatever else was published on it before the close arrived. Beat publishes with
+    confirms: the refusal is the refused run's, said once, and every run of the healthy
+    task recorded as sent is in its queue."""
     reachable_amqp(AMQP_URL)
     caplog.set_level(logging.WARNING, logger="beatsqlalchemy")
     scheduler = make_beat(AMQP_URL)
@@ -119,6 +120,7 @@ def test_amqp_a_missing_exchange_is_reported_and_other_tasks_keep_going(
         assert set(states) == {"sent"}, states  # no run of the healthy task failed
         closed = [r.getMessage() for r in caplog.records if "closed beat's channel" in r.getMessage()]
         assert len(closed) == 1 and "NOT_FOUND" in closed[0], closed
+        assert "refused the run of 'nowhere' (tasks.nowhere)" in closed[0], closed
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
         with Connection(AMQP_URL) as connection, connection.SimpleQueue(queue, no_ack=True) as simple:
             assert [simple.get(timeout=2).headers["task"] for _ in states] == ["tasks.healthy"] * len(states)
