@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery
+from celery.schedules import crontab
 from sqlalchemy import delete, func, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
@@ -285,8 +286,6 @@ def install_config_schedule(
 def default_entries(app: Celery) -> dict[str, dict[str, Any]]:
     """The entries Celery's own beat would add (result backend cleanup).
     Reads only (the caller's transaction stays open)."""
-    from celery.schedules import crontab
-
     if app.conf.result_expires and not app.backend.supports_autoexpire:
         return {"celery.backend_cleanup": {
             "task": "celery.backend_cleanup", "schedule": crontab("0", "4", "*"),

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .deadlines import Deadlines, registry, set_connect_timeouts
@@ -195,8 +195,6 @@ def _ping_when_idle(engine: Engine, seconds: float, deadlines: Deadlines | None 
     handed out unchecked: the several transactions of one sync or burst cost no extra
     round trip, while one the server may have dropped meanwhile (``wait_timeout``) is
     checked and, if dead, replaced without a word."""
-    from sqlalchemy.exc import DisconnectionError
-
     @event.listens_for(engine, "checkin")
     def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
         if record is not None:
@@ -222,8 +220,6 @@ def _ping_when_idle(engine: Engine, seconds: float, deadlines: Deadlines | None 
 def _check_violation_is_integrity_error(context: Any) -> Exception | None:
     """A failed CHECK constraint on MySQL (3819) or MariaDB (4025) is an IntegrityError,
     as on the other databases; some drivers (PyMySQL) report it as an OperationalError."""
-    from sqlalchemy.exc import IntegrityError
-
     original = context.original_exception
     code = original.args[0] if getattr(original, "args", None) else None
     if code in (3819, 4025) and not isinstance(context.sqlalchemy_exception, IntegrityError):

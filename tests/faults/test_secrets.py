@@ -140,7 +140,7 @@ def test_in_process_doors_never_show_the_password(pg_url: str, password: str) ->
                 assert refused and "percent-encode" in str(exc), exc
                 outputs.append("".join(traceback.format_exception(exc)))
 
-        @app.task(base=RunOnceTask, name="secrets.once")
+        @app.task(base=RunOnceTask, name="secrets.once", shared=False)  # this app only
         def once() -> None: ...
 
         once.push_request(headers={BEAT_HEADER: "1"}, retries=0, hostname="w", delivery_info={})
