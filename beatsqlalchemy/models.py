@@ -905,3 +905,10 @@ def get_session(app: Any = None) -> Session:
     """A session on the database configured for ``app`` (the current Celery app when
     none is given); on the SQLite default the tables are created on first use."""
     return open_session(app or current_app._get_current_object())
+
+
+# -- indexes of the consoles' listings (``beatsqlalchemy.listing``, migration 0005) -----------
+#: tasks paged by next run then id, whatever their state
+Index("ix_celery_periodic_task_next_run_at_id", PeriodicTask.next_run_at, PeriodicTask.id)
+#: tasks found by a prefix of the Celery task they send
+Index("ix_celery_periodic_task_task", PeriodicTask.task)
