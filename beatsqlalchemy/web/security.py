@@ -105,7 +105,7 @@ class Gate:
                 response = PlainTextResponse("Not authenticated by the host application.", 403)
             elif request.method == "GET":
                 response = RedirectResponse(request.url_for("login").include_query_params(
-                    next=str(request.url.path)), 303)
+                    next=request.url.path + (f"?{request.url.query}" if request.url.query else "")), 303)
             else:
                 response = PlainTextResponse("Log in first.", 403)
             await response(scope, receive, send)

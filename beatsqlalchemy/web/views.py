@@ -106,6 +106,7 @@ async def login(request: Request) -> Response:
     if request.method == "GET":
         return render(request, "login.html", next=target or "", error=None, name="")
     form = await checked_form(request)
+    target = _local_path(str(form.get("next", "")))
     name, password = str(form.get("name", "")), str(form.get("password", ""))
     ok = console.users is not None and await run_in_threadpool(console.users.check, name, password)
     if not ok:
@@ -115,7 +116,7 @@ async def login(request: Request) -> Response:
     token = request.session.get("csrf_token")
     request.session.clear()
     request.session.update({USER_KEY: name, "csrf_token": token})
-    return RedirectResponse(_local_path(str(form.get("next", ""))) or str(request.url_for("overview")), 303)
+    return RedirectResponse(target or str(request.url_for("overview")), 303)
 
 
 async def logout(request: Request) -> Response:
