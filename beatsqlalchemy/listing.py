@@ -58,9 +58,8 @@ class TaskFilters:
         if given["kind"] not in (None, *SCHEDULE_KINDS):
             raise ValidationError("kind", given["kind"], f"must be one of {', '.join(SCHEDULE_KINDS)}")
         return cls(
-            enabled=None if given["enabled"] is None else as_bool("enabled", given["enabled"]),
-            source=given["source"], kind=given["kind"],
-            broken=None if given["broken"] is None else as_bool("broken", given["broken"]),
+            enabled=_flag("enabled", given["enabled"]), source=given["source"], kind=given["kind"],
+            broken=_flag("broken", given["broken"]),
             name=as_name("name", given["name"], optional=True),
             task=as_name("task", given["task"], optional=True),
         )
@@ -83,6 +82,19 @@ class TaskFilters:
             if prefix is not None:
                 found.append(_prefix(column, prefix))
         return found
+
+
+#: how a flag is written in a query string
+_FLAG_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+
+
+def _flag(field: str, value: Any) -> bool | None:
+    """A filter flag: a bool, or its word (``true``/``false``, ``yes``/``no``, ``1``/``0``)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = _FLAG_WORDS.get(value.strip().lower(), value)
+    return as_bool(field, value)
 
 
 def _prefix(column: Any, prefix: str) -> ColumnElement[bool]:
@@ -134,7 +146,7 @@ def task_page(session: Session, filters: TaskFilters | None = None, sort: str = 
         tasks = _fetch(session, query, size + 1)
         more = len(tasks) > size
         tasks = tasks[:size]
-        return TaskPage(tasks, _encode([tasks[-1].name]) if more else None, sort, filters)
+        return TaskPage(tasks, cursor_after(tasks[-1], sort) if more else None, sort, filters)
     return _by_next_run(session, base, filters, after, size)
 
 
@@ -174,14 +186,16 @@ def _by_next_run(session: Session, base: Select[Any], filters: TaskFilters,
         tasks += _fetch(session, query, size + 1 - len(tasks))
     more = len(tasks) > size
     tasks = tasks[:size]
-    cursor = None
-    if more:
-        last = tasks[-1]
-        if isinstance(last.next_run_at, datetime):
-            cursor = _encode(["t", sched.as_utc(last.next_run_at).isoformat(), last.id])
-        else:
-            cursor = _encode(["n", last.id])
-    return TaskPage(tasks, cursor, "next", filters)
+    return TaskPage(tasks, cursor_after(tasks[-1], "next") if more else None, "next", filters)
+
+
+def cursor_after(task: PeriodicTask, sort: str) -> str:
+    """The cursor of the page that starts after ``task`` in ``sort`` order."""
+    if sort == "name":
+        return _encode([task.name])
+    if isinstance(task.next_run_at, datetime):
+        return _encode(["t", sched.as_utc(task.next_run_at).isoformat(), task.id])
+    return _encode(["n", task.id])
 
 
 def api_datetime(text: str) -> datetime:

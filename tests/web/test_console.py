@@ -284,6 +284,11 @@ def test_bulk_delete_asks_first(page: Any, console: Console) -> None:
     page.click("button[form=bulk][value=disable]")
     expect(page.locator(".flash")).to_contain_text("Disabled")
     assert [stored(console.engine, n).enabled for n in names] == [False, False, True]  # type: ignore[union-attr]
+    page.fill("input[name=q]", prefix)
+    page.select_option("select[name=enabled]", "false")
+    page.click("button:has-text('Apply')")
+    expect(page.locator("table.tasks tbody tr")).to_have_count(2)
+    expect(page.locator("table.tasks tbody")).not_to_contain_text(names[2])
     for name in names[:2]:
         page.locator(f"input[form=bulk][value='{name}']").check()
     page.click("button[form=bulk][value=delete]")
