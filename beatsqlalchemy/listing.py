@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, select, text, tuple_
+from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select, text, true, tuple_
 from sqlalchemy.orm import Session
 
 from . import api, describe
@@ -25,7 +25,8 @@ from .exceptions import ValidationError
 from .models import CrontabSchedule, PeriodicTask, PeriodicTaskRun
 from .validators import as_bool, as_int, as_name
 
-#: the sort orders of ``task_page``: by next run (then id; tasks with none last), by name
+#: the sort orders of ``task_page``: by next run (then id; disabled tasks and tasks with no
+#: next run last, by id), by name
 SORTS = ("next", "name")
 #: the highest code point: the upper end of a prefix range on an index
 _LAST_CHARACTER = "\U0010ffff"
@@ -132,7 +133,8 @@ def _decode(cursor: str) -> list[Any]:
 def task_page(session: Session, filters: TaskFilters | None = None, sort: str = "next",
               cursor: str | None = None, size: int = api.DEFAULT_PAGE_SIZE) -> TaskPage:
     """A page of tasks in ``sort`` order after ``cursor`` (from the previous page), paged
-    by key: by next run then id (tasks with no next run last, by id), or by name."""
+    by key: by next run then id (enabled tasks with a next run; then the others, by id), or
+    by name."""
     filters = filters or TaskFilters()
     if sort not in SORTS:
         raise ValidationError("sort", sort, f"must be one of {', '.join(SORTS)}")
@@ -168,19 +170,24 @@ def _fetch(session: Session, query: Select[Any], limit: int) -> list[PeriodicTas
 
 def _by_next_run(session: Session, base: Select[Any], filters: TaskFilters,
                  after: list[Any] | None, size: int) -> TaskPage:
-    """Tasks with a next run by (next_run_at, id), then those without one by id."""
+    """Enabled tasks with a next run by (next_run_at, id), then the others (disabled, or
+    with no next run) by id: each part one walk of an index (``enabled, next_run_at, id``,
+    then the primary key), whatever the planner's statistics say."""
     tasks: list[PeriodicTask] = []
     timed = after is None or after[0] == "t"
-    if timed:
-        query = base.where(PeriodicTask.next_run_at.is_not(None)).order_by(
+    if timed and filters.enabled is not False:
+        query = base.where(PeriodicTask.enabled == true(), PeriodicTask.next_run_at.is_not(None)).order_by(
             PeriodicTask.next_run_at, PeriodicTask.id)
         if after is not None:
-            moment = api_datetime(_cursor_text(after, 1))
             key = tuple_(PeriodicTask.next_run_at, PeriodicTask.id)
-            query = query.where(key > tuple_(moment, _cursor_id(after, 2)))
+            query = query.where(key > tuple_(api_datetime(_cursor_text(after, 1)), _cursor_id(after, 2)))
         tasks = _fetch(session, query, size + 1)
     if len(tasks) <= size:
-        query = base.where(PeriodicTask.next_run_at.is_(None)).order_by(PeriodicTask.id)
+        unscheduled = or_(PeriodicTask.enabled == false(), PeriodicTask.next_run_at.is_(None))
+        rest = {True: PeriodicTask.next_run_at.is_(None), False: None, None: unscheduled}[filters.enabled]
+        query = base.order_by(PeriodicTask.id)
+        if rest is not None:
+            query = query.where(rest)
         if after is not None and not timed:
             query = query.where(PeriodicTask.id > _cursor_id(after, 1))
         tasks += _fetch(session, query, size + 1 - len(tasks))
@@ -193,7 +200,7 @@ def cursor_after(task: PeriodicTask, sort: str) -> str:
     """The cursor of the page that starts after ``task`` in ``sort`` order."""
     if sort == "name":
         return _encode([task.name])
-    if isinstance(task.next_run_at, datetime):
+    if task.enabled and isinstance(task.next_run_at, datetime):
         return _encode(["t", sched.as_utc(task.next_run_at).isoformat(), task.id])
     return _encode(["n", task.id])
 
@@ -263,13 +270,13 @@ def overview(session: Session, now: datetime | None = None, grace: float = 60.0,
     rows with beat's reason, and the next ``upcoming_count`` runs across all tasks."""
     now = sched.as_utc(now or sched.utcnow())
     hour, day = now - timedelta(hours=1), now - timedelta(days=1)
-    late = and_(PeriodicTask.enabled.is_(True), PeriodicTask.next_run_at < now - timedelta(seconds=grace))
+    late = and_(PeriodicTask.enabled == true(), PeriodicTask.next_run_at < now - timedelta(seconds=grace))
     broken = session.execute(
         select(PeriodicTask.name, PeriodicTask.schedule_error)
         .where(PeriodicTask.schedule_error.is_not(None)).order_by(PeriodicTask.name).limit(20)
     ).all()
     upcoming = _fetch(session, select(PeriodicTask).where(
-        PeriodicTask.enabled.is_(True), PeriodicTask.next_run_at.is_not(None),
+        PeriodicTask.enabled == true(), PeriodicTask.next_run_at.is_not(None),
     ).order_by(PeriodicTask.next_run_at, PeriodicTask.id), upcoming_count)
     return Overview(
         senders=recent_senders(session, now), sent_hour=_runs_since(session, SENT, hour),
