@@ -50,6 +50,7 @@ setup(
             "hypothesis>=6.90",  # property and fuzz tests of the schedule math and validators
             *WEB,
             "playwright>=1.40",  # the web console's tests, driving Debian's Chromium (no download)
+            "httpx>=0.25",  # Starlette's test client (the console mounted in a host application)
         ],
     },
     entry_points={

@@ -134,13 +134,15 @@ def task_page(session: Session, filters: TaskFilters | None = None, sort: str = 
               cursor: str | None = None, size: int = api.DEFAULT_PAGE_SIZE) -> TaskPage:
     """A page of tasks in ``sort`` order after ``cursor`` (from the previous page), paged
     by key: by next run then id (enabled tasks with a next run; then the others, by id), or
-    by name."""
+    by name. Broken rows (``broken=True``) come by id, whatever the sort."""
     filters = filters or TaskFilters()
     if sort not in SORTS:
         raise ValidationError("sort", sort, f"must be one of {', '.join(SORTS)}")
     size = as_int("size", size, 1, MAX_PAGE_SIZE) or api.DEFAULT_PAGE_SIZE
     after = _decode(cursor) if cursor else None
     base = select(PeriodicTask).where(*filters.conditions())
+    if filters.broken:  # few rows, found by their partial index in id order
+        return _by_id(session, base.order_by(PeriodicTask.id), after, size, sort, filters)
     if sort == "name":
         query = base.order_by(PeriodicTask.name)
         if after is not None:
@@ -150,6 +152,16 @@ def task_page(session: Session, filters: TaskFilters | None = None, sort: str = 
         tasks = tasks[:size]
         return TaskPage(tasks, cursor_after(tasks[-1], sort) if more else None, sort, filters)
     return _by_next_run(session, base, filters, after, size)
+
+
+def _by_id(session: Session, query: Select[Any], after: list[Any] | None, size: int, sort: str,
+           filters: TaskFilters) -> TaskPage:
+    if after is not None:
+        query = query.where(PeriodicTask.id > _cursor_id(after, 1))
+    tasks = _fetch(session, query, size + 1)
+    more = len(tasks) > size
+    tasks = tasks[:size]
+    return TaskPage(tasks, _encode(["n", tasks[-1].id]) if more else None, sort, filters)
 
 
 def _cursor_text(values: list[Any], index: int) -> str:

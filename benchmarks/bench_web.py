@@ -106,7 +106,8 @@ class Client:
                 return str(answer.read().decode())
         except urllib.error.HTTPError as exc:
             found = re.search(r'class="flash error"[^>]*>([^<]*)', exc.read().decode())
-            raise SystemExit(f"GET {path}: {exc.code} {html.unescape(found.group(1)) if found else ''}") from None
+            reason = html.unescape(found.group(1)) if found else ""
+            raise SystemExit(f"GET {path}: {exc.code} {reason}") from None
 
     def timed(self, path: str, repeats: int) -> tuple[float, int]:
         """The median milliseconds of ``repeats`` GETs (after one warm-up), and rows shown."""

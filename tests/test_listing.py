@@ -9,10 +9,12 @@ from itertools import pairwise
 
 import pytest
 from celery import Celery
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from beatsqlalchemy import api, listing
 from beatsqlalchemy.exceptions import ValidationError
+from beatsqlalchemy.models import PeriodicTask
 
 UTC = timezone.utc
 
@@ -65,6 +67,12 @@ def test_prefix_searches_and_filters(session: Session, tasks: list[str]) -> None
     assert names(enabled=True, kind="crontab") == ["d-cron"]
     assert names(source="config") == [] and len(names(source="database")) == 7
     assert names(broken="true") == []
+    session.execute(update(PeriodicTask).where(PeriodicTask.name.in_(["d-cron", "a-every-hour"]))
+                    .values(schedule_error="kwargs: must be a JSON object"))
+    session.commit()
+    for sort in ("name", "next"):  # broken rows come by id
+        broken = walk(session, sort, 1, listing.TaskFilters(broken=True))
+        assert broken == ["a-every-hour", "d-cron"]
 
 
 @pytest.mark.parametrize(("given", "field"), [

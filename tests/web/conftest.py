@@ -75,7 +75,7 @@ CONSOLE_KEY = pytest.StashKey[Console]()
 LOG_TAIL = 100
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def _console_logs(request: pytest.FixtureRequest, console: Console) -> None:
     request.node.stash[CONSOLE_KEY] = console
 

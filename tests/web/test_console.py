@@ -27,7 +27,7 @@ from harness.web import CONFIG_ENTRY, CONFIG_TASK, PASSWORD, USER
 
 from .conftest import DATABASE_PASSWORD, Console, Recorder, install_config_entry
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("_console_logs")]
 expect = pytest.importorskip("playwright.sync_api").expect
 
 
