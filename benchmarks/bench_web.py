@@ -125,7 +125,7 @@ def cases(cursor: str) -> dict[str, str]:
         "first page (by next run)": "/tasks",
         "first page (by name)": "/tasks?sort=name",
         "deep page (90 %, by next run)": f"/tasks?after={cursor}",
-        "name search 'task-0987'": "/tasks?q=task-0987",
+        "name search 'task-00009'": "/tasks?q=task-00009",
         "task search 'bench.task_42'": "/tasks?task=bench.task_42",
         "filter: disabled": "/tasks?enabled=false",
         "filter: crontab": "/tasks?kind=crontab",

@@ -251,24 +251,20 @@ async def new_task(request: Request) -> Response:
 
 async def edit_task(request: Request) -> Response:
     name = _name(request)
+    try:
+        stored, source = await in_thread(request, lambda s: _edit_fields(s, name))
+    except TaskNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
     if request.method == "GET":
-        try:
-            task_fields, source = await in_thread(request, lambda s: _edit_fields(s, name))
-        except TaskNotFound as exc:
-            raise HTTPException(404, str(exc)) from None
-        return _form_page(request, task_fields, creating=False, source=source)
-    form = await checked_form(request)
-    fields = forms.typed(form)
-    fields["name"] = name
+        return _form_page(request, stored, creating=False, source=source)
+    typed = forms.typed(await checked_form(request))
+    # a task from the configuration: only enabled is taken; its other fields are shown as stored
+    fields = {**stored, "enabled": typed["enabled"]} if source == CONFIG_SOURCE else {**typed, "name": name}
 
     def work(session: Session) -> str:
-        source = api.get_task(session, name).source
-        return api.update_task(session, name, **forms.save_keywords(fields, source)).name
+        current = api.get_task(session, name).source
+        return api.update_task(session, name, **forms.save_keywords(fields, current)).name
 
-    source = await in_thread(request, lambda s: api.get_task(s, name).source)
-    if source == CONFIG_SOURCE:  # show the stored values of the owned fields again
-        stored = await in_thread(request, lambda s: forms.from_task(api.get_task(s, name)))
-        fields = {**stored, "enabled": fields["enabled"]}
     return await _save(request, fields, work, creating=False, source=source)
 
 
