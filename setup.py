@@ -5,6 +5,8 @@ from pathlib import Path
 from setuptools import setup
 
 HERE = Path(__file__).parent
+#: the web console (``beatsqlalchemy[web]``)
+WEB = ["starlette>=0.37", "jinja2>=3.1", "uvicorn>=0.29", "python-multipart>=0.0.9", "itsdangerous>=2.1"]
 
 setup(
     name="beatsqlalchemy",
@@ -14,9 +16,12 @@ setup(
     long_description_content_type="text/x-rst",
     license="BSD-3-Clause",
     python_requires=">=3.10",
-    packages=["beatsqlalchemy", "beatsqlalchemy.migrations", "beatsqlalchemy.migrations.versions"],
+    packages=["beatsqlalchemy", "beatsqlalchemy.migrations", "beatsqlalchemy.migrations.versions",
+              "beatsqlalchemy.web"],
     package_dir={"beatsqlalchemy.migrations": "migrations"},
-    package_data={"beatsqlalchemy": ["py.typed"], "beatsqlalchemy.migrations": ["script.py.mako"]},
+    package_data={"beatsqlalchemy": ["py.typed"], "beatsqlalchemy.migrations": ["script.py.mako"],
+                  # the web console's pages and assets: everything it serves ships in the wheel
+                  "beatsqlalchemy.web": ["templates/*.html", "static/*"]},
     install_requires=[
         "celery>=5.3,<6",
         "sqlalchemy>=2.0,<3",
@@ -28,6 +33,7 @@ setup(
         "postgresql": ["psycopg[binary]>=3.1"],
         "mysql": ["PyMySQL>=1.1"],
         "solar": ["ephem>=4.1"],
+        "web": WEB,
         "test": [
             "pytest>=7.4",
             "pytest-mock>=3.12",
@@ -42,6 +48,9 @@ setup(
             "mypy>=1.10",
             "croniter>=2.0",  # an independent cron evaluator the DST tests compare against
             "hypothesis>=6.90",  # property and fuzz tests of the schedule math and validators
+            *WEB,
+            "playwright>=1.40",  # the web console's tests, driving Debian's Chromium (no download)
+            "httpx>=0.25",  # Starlette's test client (the console mounted in a host application)
         ],
     },
     entry_points={

@@ -8,6 +8,8 @@ does not exist exits 1; so does a database or broker error. Never a traceback.
 from __future__ import annotations
 
 import functools
+import importlib
+import ipaddress
 import json
 import os
 import sys
@@ -28,6 +30,7 @@ from .exceptions import SchemaNotReady, TaskNotFound, ValidationError
 from .migrate import ensure_schema
 from .schedules import as_utc, checked_utc, in_app_timezone, split_cron, zone
 from .validators import as_datetime
+from .web.auth import hash_password
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -819,6 +822,75 @@ def _install_from_app(obj: Context) -> None:
         for message in errors[:-1]:
             click.echo(f"error: {message}", err=True)
         raise InputError(errors[-1])
+
+
+# -- the web console --------------------------------------------------------------------------
+
+#: the addresses ``web`` binds without asking: this machine only
+LOOPBACK_NAMES = ("localhost",)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host in LOOPBACK_NAMES
+
+
+def _web_app_module() -> Any:
+    """``beatsqlalchemy.web.app``, loaded when ``web`` runs: it needs the ``web`` extra
+    (Starlette, Jinja2, uvicorn), which beat and the other commands never import."""
+    try:
+        return importlib.import_module("beatsqlalchemy.web.app")
+    except ImportError as exc:
+        raise InputError(f"web: the web console needs the web extra: pip install 'beatsqlalchemy[web]' "
+                         f"({exc})") from None
+
+
+@command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port.")
+@pass_context
+def web(obj: Context, host: str, port: int) -> None:
+    """Serve the web console (needs -A/--app: its configuration names the users,
+    beat_sqlalchemy_web_users, and the session secret, beat_sqlalchemy_web_secret).
+
+    \b
+    Examples:
+      beatsqlalchemy -A proj web
+      celery -A proj beatsqlalchemy web --port 8080
+    """
+    app = obj.app(needed_for="web")
+    assert app is not None
+    if obj._url:
+        raise InputError("url: web serves the database of the app's configuration; drop --url")
+    config = BeatConfig.from_app(app)
+    if not config.web_users or not config.web_secret:
+        raise InputError("web: set beat_sqlalchemy_web_users (hashes from `beatsqlalchemy web-password`) "
+                         "and beat_sqlalchemy_web_secret in the app's configuration first; "
+                         "the console serves no page without a login")
+    if not _loopback(host) and not config.web_users:  # pragma: no cover (refused above)
+        raise InputError(f"host: invalid value {host!r}: listening beyond this machine needs users")
+    console = _web_app_module().create_app(app)
+    uvicorn = importlib.import_module("uvicorn")
+    click.echo(f"web console on http://{host}:{port}/ for database {obj.url_shown}", err=True)
+    uvicorn.run(console, host=host, port=port, log_level="warning", server_header=False)
+
+
+@command("web-password")
+@click.option("--password", metavar="TEXT", help="The password (asked when not given; "
+              "BEAT_SQLALCHEMY_WEB_PASSWORD is read too).", envvar="BEAT_SQLALCHEMY_WEB_PASSWORD")
+def web_password(password: str | None) -> None:
+    """Print the hash of a password for beat_sqlalchemy_web_users.
+
+    \b
+    Example:
+      beatsqlalchemy web-password
+      # app.conf.beat_sqlalchemy_web_users = {"alice": "<the printed hash>"}
+    """
+    if password is None:
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    click.echo(hash_password(password))
 
 
 if __name__ == "__main__":  # pragma: no cover

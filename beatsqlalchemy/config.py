@@ -70,6 +70,10 @@ class BeatConfig:
     broker_dedup_seconds: float = 600.0
     #: beat's (and run-once workers') database calls: no answer within this is an outage; 0: no bound
     database_timeout: float = 5.0
+    #: the web console's users: name -> password hash (``beatsqlalchemy web-password``)
+    web_users: dict[str, str] = field(default_factory=dict)
+    #: the key signing the web console's session cookie
+    web_secret: str | None = None
 
     @classmethod
     def from_app(cls, app: Any) -> BeatConfig:
@@ -100,6 +104,7 @@ class BeatConfig:
             ),
             broker_dedup_seconds=_positive(conf, "beat_sqlalchemy_broker_dedup_seconds", 600.0, zero=True),
             database_timeout=_positive(conf, "beat_sqlalchemy_database_timeout", 5.0, zero=True),
+            **_web_settings(conf),
         )
         app._beatsqlalchemy_config = config
         return config
@@ -118,3 +123,19 @@ def _positive(conf: Any, key: str, default: float, zero: bool = False) -> float:
         reason = "must be zero or a positive number" if zero else "must be a positive number"
         raise ValidationError(key, value, reason)
     return number
+
+
+# -- the web console's settings ----------------------------------------------------------------
+
+def _web_settings(conf: Any) -> dict[str, Any]:
+    """``beat_sqlalchemy_web_users`` ({name: password hash}) and ``beat_sqlalchemy_web_secret``."""
+    users = conf.get("beat_sqlalchemy_web_users") or {}
+    if not isinstance(users, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, str) and v for k, v in users.items()):
+        raise ValidationError("beat_sqlalchemy_web_users", "<hidden>",
+                              "must map user names to password hashes (beatsqlalchemy web-password)")
+    secret = conf.get("beat_sqlalchemy_web_secret")
+    if secret is not None and (not isinstance(secret, str) or len(secret) < 16):
+        raise ValidationError("beat_sqlalchemy_web_secret", "<hidden>",
+                              "must be a string of at least 16 characters")
+    return {"web_users": dict(users), "web_secret": secret}

@@ -905,3 +905,15 @@ def get_session(app: Any = None) -> Session:
     """A session on the database configured for ``app`` (the current Celery app when
     none is given); on the SQLite default the tables are created on first use."""
     return open_session(app or current_app._get_current_object())
+
+
+# -- indexes of the consoles' listings (``beatsqlalchemy.listing``, migration 0005) -----------
+#: tasks paged by next run then id (enabled ones; a filter on ``enabled`` included)
+Index("ix_celery_periodic_task_enabled_next_run_at_id", PeriodicTask.enabled, PeriodicTask.next_run_at,
+      PeriodicTask.id)
+#: the broken rows (PostgreSQL and SQLite: only those; MySQL/MariaDB have no partial index)
+Index("ix_celery_periodic_task_broken", PeriodicTask.id,
+      postgresql_where=PeriodicTask.schedule_error.is_not(None),
+      sqlite_where=PeriodicTask.schedule_error.is_not(None))
+#: tasks found by a prefix of the Celery task they send
+Index("ix_celery_periodic_task_task", PeriodicTask.task)

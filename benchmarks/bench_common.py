@@ -30,10 +30,11 @@ INTERVALS = [(1, "minutes"), (2, "minutes"), (5, "minutes"), (10, "minutes"), (1
              (12, "hours"), (1, "days")]
 
 
-def proc_status_mb(key: str) -> float | None:
-    """A memory line of /proc/self/status (VmHWM, VmRSS) in MB; None off Linux."""
+def proc_status_mb(key: str, pid: int | str = "self") -> float | None:
+    """A memory line of /proc/<pid>/status (VmHWM, VmRSS) in MB, of this process by
+    default; None off Linux."""
     try:
-        status = Path("/proc/self/status").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
     found = re.search(rf"^{key}:\s+(\d+) kB", status, re.MULTILINE)
