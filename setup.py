@@ -28,6 +28,7 @@ setup(
         "postgresql": ["psycopg[binary]>=3.1"],
         "mysql": ["PyMySQL>=1.1"],
         "solar": ["ephem>=4.1"],
+        "metrics": ["prometheus-client>=0.17"],
         "test": [
             "pytest>=7.4",
             "pytest-mock>=3.12",
@@ -42,6 +43,7 @@ setup(
             "mypy>=1.10",
             "croniter>=2.0",  # an independent cron evaluator the DST tests compare against
             "hypothesis>=6.90",  # property and fuzz tests of the schedule math and validators
+            "prometheus-client>=0.17",  # beat's metrics endpoint
         ],
     },
     entry_points={
