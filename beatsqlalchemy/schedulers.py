@@ -549,6 +549,7 @@ class DatabaseScheduler(Scheduler):
                 continue
             if self._send(run):
                 sent.append(run.run_id)
+                self.metrics.sent(run.slot)
         if not sent:
             return
         self.heartbeat.sent(len(sent))
@@ -586,7 +587,6 @@ class DatabaseScheduler(Scheduler):
             logger.error("beat: could not send %s (%s) for %s: %s", run.name, run.task,
                          run.slot.isoformat(), exc, exc_info=True)
             return False
-        self.metrics.sent(run.slot)
         return True
 
     def _apply(self, run: Run) -> None:

@@ -26,6 +26,7 @@ import pstats
 import random
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -212,11 +213,13 @@ def prepare(backend: str, n: int, workdir: Path, run_analyze: bool) -> tuple[str
     return url, seconds
 
 
-def run_child(url: str, n: int, args: argparse.Namespace, mode: str = "scheduler") -> dict[str, Any]:
-    """Measure one case in a fresh interpreter; returns the child's result dict."""
+def run_child(url: str, n: int, args: argparse.Namespace, mode: str = "scheduler",
+              observed: bool = False) -> dict[str, Any]:
+    """Measure one case in a fresh interpreter; returns the child's result dict. With
+    ``observed``, beat writes heartbeats (every OBSERVED_HEARTBEAT s) and serves metrics."""
     config = {"url": url, "n": n, "burst": args.burst, "profile": args.profile,
               "ticks": args.ticks, "syncs": args.syncs, "mode": mode,
-              "change": not args.no_change}
+              "change": not args.no_change, "observed": observed}
     command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(config)]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=900, check=False)
     for line in reversed(done.stdout.splitlines()):
@@ -304,6 +307,10 @@ def child_main(config: dict[str, Any]) -> dict[str, Any]:
         beat_sqlalchemy_url=config["url"],
         result_expires=None,  # no backend_cleanup entry that might fall due at 04:00
         beat_schedule={"bench.config-task": {"task": "bench.noop", "schedule": 86400.0}},
+        # heartbeats and metrics: off, or on (heartbeats more often than the default 5 s)
+        beat_sqlalchemy_heartbeat_interval=OBSERVED_HEARTBEAT if config.get("observed") else 0,
+        beat_sqlalchemy_metrics_port=free_port() if config.get("observed") else 0,
+        beat_sqlalchemy_metrics_token="bench-token",
     )
     result: dict[str, Any] = {"n": config["n"]}
     make_url(config["url"]).get_dialect().import_dbapi()  # the driver too is imported before
@@ -682,6 +689,19 @@ def check_targets(rows: list[dict[str, Any]], e2e: list[dict[str, Any]]) -> list
     return lines
 
 
+#: the heartbeat interval of ``--observability on`` (the default is 5 s)
+OBSERVED_HEARTBEAT = 1.0
+#: the row label of each ``--observability`` setting
+OBSERVED_LABELS = {False: "", True: " +hb+metrics"}
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 (for the metrics endpoint)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def parent_main(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bsa_bench_"))
     rows: list[dict[str, Any]] = []
@@ -692,18 +712,23 @@ def parent_main(args: argparse.Namespace) -> int:
             for n in args.sizes:
                 url, insert_s = prepare(backend, n, workdir, not args.no_analyze)
                 print(f"[{backend} N={n:,}] {n:,} tasks inserted in {insert_s:.1f}s", file=sys.stderr)
-                runs = []
+                observed_modes = {"off": [False], "on": [True], "both": [False, True]}[args.observability]
+                runs_of: dict[bool, list[dict[str, Any]]] = {mode: [] for mode in observed_modes}
                 for repeat in range(args.repeats):
-                    runs.append(run_child(url, n, args))
-                    r = runs[-1]
-                    print(f"[{backend} N={n:,}] run {repeat + 1}: startup {r['startup_s']:.3f}s, "
-                          f"idle tick {r['idle_tick_ms']:.4f}ms, sync {r['sync_ms']:.4f}ms, "
-                          f"read {r['read_ms']:.2f}ms, "
-                          f"change api/sql {fmt(r.get('change_api_beat_ms'), '.2f')}/"
-                          f"{fmt(r.get('change_sql_beat_ms'), '.2f')}ms, "
-                          f"rss {r['rss_mb']:.1f}MB, burst {fmt(r.get('burst_s'), '.2f')}s",
-                          file=sys.stderr)
-                rows.append(summarize(backend, n, runs, insert_s))
+                    for observed in observed_modes:  # interleaved: both see the same machine load
+                        runs = runs_of[observed]
+                        runs.append(run_child(url, n, args, observed=observed))
+                        r = runs[-1]
+                        print(f"[{backend}{OBSERVED_LABELS[observed]} N={n:,}] run {repeat + 1}: "
+                              f"startup {r['startup_s']:.3f}s, "
+                              f"idle tick {r['idle_tick_ms']:.4f}ms, sync {r['sync_ms']:.4f}ms, "
+                              f"read {r['read_ms']:.2f}ms, "
+                              f"change api/sql {fmt(r.get('change_api_beat_ms'), '.2f')}/"
+                              f"{fmt(r.get('change_sql_beat_ms'), '.2f')}ms, "
+                              f"rss {r['rss_mb']:.1f}MB, burst {fmt(r.get('burst_s'), '.2f')}s",
+                              file=sys.stderr)
+                for observed, runs in runs_of.items():
+                    rows.append(summarize(backend + OBSERVED_LABELS[observed], n, runs, insert_s))
                 if args.e2e:
                     e2e = [run_child(url, n, args, mode="e2e") for _ in range(args.repeats)]
                     best = {key: statistics.median(r[key] for r in e2e)
@@ -767,6 +792,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run the end-to-end burst on the real Redis broker "
                              f"({E2E_BROKER}, flushed), at each N")
     parser.add_argument("--no-change", action="store_true", help="skip the change_applied test")
+    parser.add_argument("--observability", choices=("off", "on", "both"), default="off",
+                        help="beat's heartbeats (every 1 s) and metrics endpoint: off, on, or both "
+                             "(interleaved runs, one row each)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--writer", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
