@@ -958,12 +958,11 @@ def _pid_file_beat(status: health.Status, path: str) -> tuple[str, health.BeatIn
     return f"beat of {path} (host {host}, pid {pid})", max(mine, key=lambda b: b.last_seen, default=None)
 
 
-def _problems(status: health.Status, min_beats: int, max_overdue: int, max_unconfirmed: int,
-              max_broken: int | None, this_beat: str | None, pid_file: str | None) -> list[str]:
+def _beat_problems(status: health.Status, this_beat: str | None, pid_file: str | None,
+                   beat_only: bool) -> list[str]:
+    """The beat of --this-beat or --pid-file not alive; a beat alive but in an outage (with
+    ``beat_only``, that beat only)."""
     problems: list[str] = []
-    if len(status.alive) < min_beats:
-        problems.append(f"beats: {len(status.alive)} alive, at least {min_beats} wanted (alive: a heartbeat "
-                        f"within {status.max_age:g}s; {len(status.gone)} gone)")
     wanted: list[tuple[str, health.BeatInfo | None]] = []
     if this_beat is not None:
         wanted.append((f"beat {this_beat}", next((b for b in status.beats if b.identity == this_beat), None)))
@@ -974,10 +973,21 @@ def _problems(status: health.Status, min_beats: int, max_overdue: int, max_uncon
             problems.append(f"{label}: no heartbeat recorded")
         elif not beat.alive:
             problems.append(f"{label}: last seen {beat.age:.0f}s ago (more than {status.max_age:g}s)")
-    for beat in status.alive:
-        if beat.in_outage:
+    checked = [b for _, b in wanted if b is not None] if beat_only else status.alive
+    for beat in checked:
+        if beat.alive and beat.in_outage:
             problems.append(f"beat {beat.identity}: database outage since {_ago(status, beat.outage_since)}: "
                             f"{beat.outage_reason}")
+    return problems
+
+
+def _schedule_problems(status: health.Status, min_beats: int, max_overdue: int, max_unconfirmed: int,
+                       max_broken: int | None) -> list[str]:
+    """Too few beats alive; too many tasks overdue, claims unconfirmed, tasks broken."""
+    problems: list[str] = []
+    if len(status.alive) < min_beats:
+        problems.append(f"beats: {len(status.alive)} alive, at least {min_beats} wanted (alive: a heartbeat "
+                        f"within {status.max_age:g}s; {len(status.gone)} gone)")
     for label, capped, most in (
         (f"overdue (enabled, due more than {status.grace:g}s ago)", status.overdue, max_overdue),
         (f"unconfirmed claims (older than {status.claim_timeout:g}s)", status.unconfirmed, max_unconfirmed),
@@ -999,10 +1009,12 @@ def _problems(status: health.Status, min_beats: int, max_overdue: int, max_uncon
 @click.option("--this-beat", metavar="IDENTITY", help="This beat (beat_sqlalchemy_identity) must be alive.")
 @click.option("--pid-file", metavar="PATH", help="The beat of this host whose pid is in PATH (celery beat "
               "--pidfile) must be alive.")
+@click.option("--beat-only", is_flag=True, help="Check only the beat of --this-beat or --pid-file (a "
+              "liveness probe: an overdue task should not restart every beat).")
 @pass_context
 def health_(obj: Context, max_age: float, grace: float, claim_timeout: float | None, timeout: float | None,
             min_beats: int, max_overdue: int, max_unconfirmed: int, max_broken: int | None,
-            this_beat: str | None, pid_file: str | None) -> None:
+            this_beat: str | None, pid_file: str | None, beat_only: bool) -> None:
     """Exit 0 when healthy; otherwise print one line per problem and exit 1 (for
     Kubernetes probes and cron monitors). A database that does not answer within
     --timeout is a problem too.
@@ -1010,11 +1022,15 @@ def health_(obj: Context, max_age: float, grace: float, claim_timeout: float | N
     \b
     Examples:
       beatsqlalchemy -A proj health
-      celery -A proj beatsqlalchemy health --pid-file /run/celerybeat.pid --max-age 30
+      celery -A proj beatsqlalchemy health --pid-file /run/celerybeat.pid --beat-only
       beatsqlalchemy -A proj health --min-beats 2 --max-overdue 10 --grace 300
     """
+    if beat_only and this_beat is None and pid_file is None:
+        raise InputError("beat-only: needs --this-beat or --pid-file (see 'health --help')")
     status = _read_status(obj, max_age, grace, claim_timeout, timeout)
-    problems = _problems(status, min_beats, max_overdue, max_unconfirmed, max_broken, this_beat, pid_file)
+    problems = [] if beat_only else _schedule_problems(status, min_beats, max_overdue, max_unconfirmed,
+                                                       max_broken)
+    problems += _beat_problems(status, this_beat, pid_file, beat_only)
     if problems:
         for line in problems:
             click.echo(line)

@@ -413,6 +413,8 @@ def change_once(scheduler: Any, sent: Counter[int], url: str, how: str) -> dict[
     window); beat runs its own loop (tick, sleep what tick says) until its in-memory
     window holds the task. Returns beat's time in the sync that applied it and the wall
     time from the writer's commit to the end of that sync; the row is restored after."""
+    from beatsqlalchemy.db import begin_write
+
     t = tables()
     task = t["task"]
     name = CHANGE_TASKS[how]
@@ -449,7 +451,7 @@ def change_once(scheduler: Any, sent: Counter[int], url: str, how: str) -> dict[
     # put the row back as it was (next_run_at set explicitly: no recompute flag)
     restore = {c: before[c] for c in ("interval_id", "crontab_id", "next_run_at", "last_run_at",
                                      "total_run_count", "needs_recompute")}
-    with engine.begin() as connection:
+    with begin_write(engine) as connection:
         connection.execute(delete(t["run"]).where(t["run"].c.periodic_task_id == task_pk))
         connection.execute(task.update().where(task.c.id == task_pk).values(**restore))
     scheduler._read()
@@ -549,12 +551,15 @@ def e2e_main(config: dict[str, Any]) -> dict[str, Any]:
 
 def burst(scheduler: Any, sent: Counter[int], k: int, profile: bool) -> dict[str, Any]:
     """Insert ``k`` tasks due now, time until all are claimed and handed to publish,
-    check each went out exactly once (in memory and in the run log), then clean up."""
+    check each went out exactly once (in memory and in the run log), then clean up (in
+    read-then-write transactions: beat's heartbeats write meanwhile)."""
+    from beatsqlalchemy.db import begin_write
+
     t = tables()
     task, run = t["task"], t["run"]
     engine = scheduler.engine
     now = datetime.now(UTC)
-    with engine.begin() as connection:
+    with begin_write(engine) as connection:
         hourly = connection.scalar(select(t["interval"].c.id).where(
             t["interval"].c.every == 1, t["interval"].c.period == "hours"))
         rows = [task_row(f"bench.burst.{i:05d}", now - timedelta(seconds=1), now, interval_id=hourly)
@@ -572,7 +577,7 @@ def burst(scheduler: Any, sent: Counter[int], k: int, profile: bool) -> dict[str
     for _ in range(3):
         scheduler._sync()
         scheduler.tick()
-    with engine.begin() as connection:
+    with begin_write(engine) as connection:
         logged = dict(connection.execute(
             select(run.c.periodic_task_id, func.count())
             .where(run.c.periodic_task_id.in_(ids), run.c.state == "sent")

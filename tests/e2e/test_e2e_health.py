@@ -69,6 +69,7 @@ def test_health_is_0_with_a_beat_running_and_1_within_max_age_after_kill_9(clust
     wait_for(lambda: health(cluster, "--pid-file", pid_file).returncode == 0, 15, "health to exit 0")
     ok = health(cluster, "--pid-file", pid_file)
     assert ok.returncode == 0 and ok.stdout.startswith("healthy: 1 beat(s) alive"), ok.stdout + ok.stderr
+    assert health(cluster, "--pid-file", pid_file, "--beat-only").returncode == 0
     beat.kill9()
     killed = time.monotonic()
     failed = wait_for(exits(1, lambda: health(cluster, "--pid-file", pid_file)),
@@ -78,6 +79,12 @@ def test_health_is_0_with_a_beat_running_and_1_within_max_age_after_kill_9(clust
     assert any(line.startswith("beats: 0 alive, at least 1 wanted") for line in lines), lines
     assert any(f"beat of {pid_file}" in line and "last seen" in line for line in lines), lines
     assert "Traceback" not in failed.stdout + failed.stderr
+    probe = health(cluster, "--pid-file", pid_file, "--beat-only")  # this beat only: one line
+    assert probe.returncode == 1 and len(probe.stdout.splitlines()) == 1, probe.stdout
+    assert probe.stdout.startswith(f"beat of {pid_file}"), probe.stdout
+    usage = health(cluster, "--beat-only")
+    assert usage.returncode == 2, usage.stderr
+    assert "beat-only: needs --this-beat or --pid-file" in usage.stderr, usage.stderr
 
 
 def test_health_is_1_while_an_enabled_task_is_overdue(cluster: Cluster, db_url: str) -> None:
