@@ -305,6 +305,10 @@ class DatabaseScheduler(Scheduler):
                if self._watch is not None else "")
             + (f"\n    . broker -> each run pushed once (task ids kept "
                f"{self.config.broker_dedup_seconds:g}s)" if pushes_once(self.connection) else "")
+            + (f"\n    . heartbeat -> every {self.config.heartbeat_interval:g}s"
+               if self.config.heartbeat_interval else "")
+            + (f"\n    . metrics -> http://{self.config.metrics_host}:{self.config.metrics_port}/metrics "
+               "(bearer token)" if self.config.metrics_port else "")
         )
 
     def close(self) -> None:

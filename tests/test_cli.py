@@ -77,7 +77,8 @@ def add_three(url: str) -> None:
 
 def test_every_command_has_help_with_examples() -> None:
     assert set(main.commands) == {"upgrade", "downgrade", "current", "list", "show", "add", "edit",
-                                  "enable", "disable", "remove", "run", "export", "import"}
+                                  "enable", "disable", "remove", "run", "export", "import",
+                                  "status", "health"}
     assert set(celery_command.commands) == set(main.commands)
     for args in ([], *([name] for name in main.commands)):
         result = cli(*args, "--help")

@@ -268,3 +268,27 @@ def test_the_beat_record_model_matches_the_table(session: Session) -> None:
     session.add(BeatRecord(**heartbeat_values("orm")))
     session.commit()
     assert session.get(BeatRecord, "orm") is not None
+
+
+def test_the_banner_shows_heartbeats_and_the_metrics_endpoint(app: Celery) -> None:
+    app.conf.update(beat_sqlalchemy_heartbeat_interval=2, beat_sqlalchemy_metrics_port=9808,
+                    beat_sqlalchemy_metrics_token=TOKEN)
+    info = DatabaseScheduler(app=app, lazy=True).info
+    assert ". heartbeat -> every 2s" in info
+    assert ". metrics -> http://127.0.0.1:9808/metrics (bearer token)" in info and TOKEN not in info
+
+
+def test_a_failed_heartbeat_is_logged_once_and_never_fails_beat(
+    beat: RecordingScheduler, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A heartbeat the database refuses (a missing grant, say) is said once; beat goes on."""
+    def refused(*_: Any) -> int:
+        raise RuntimeError("permission denied for table beatsqlalchemy_beat")
+
+    for _ in range(3):
+        beat.heartbeat._next = 0.0
+        beat.heartbeat.beat(beat._db.submit, refused)
+        beat.heartbeat.close()
+    assert beat.tick() >= 0
+    lines = [r.getMessage() for r in caplog.records if "could not record its heartbeat" in r.getMessage()]
+    assert len(lines) == 1 and "permission denied for table beatsqlalchemy_beat" in lines[0], lines
