@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -16,10 +17,12 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from click.testing import CliRunner
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from beatsqlalchemy import api, health
+from beatsqlalchemy.cli import main
 from beatsqlalchemy.config import BeatConfig
 from beatsqlalchemy.constants import BEAT_RETENTION, CLAIMED
 from beatsqlalchemy.exceptions import ValidationError
@@ -292,3 +295,42 @@ def test_a_failed_heartbeat_is_logged_once_and_never_fails_beat(
     assert beat.tick() >= 0
     lines = [r.getMessage() for r in caplog.records if "could not record its heartbeat" in r.getMessage()]
     assert len(lines) == 1 and "permission denied for table beatsqlalchemy_beat" in lines[0], lines
+
+
+# -- the commands, in process (real processes: tests/e2e/test_e2e_health.py) ------------------
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_status_and_health_say_what_is_wrong(db_url: str, engine: Engine, session: Session) -> None:
+    store = Store(engine, "x")
+    store.heartbeat(heartbeat_values("beat-a", seen_ago=1))
+    store.heartbeat(heartbeat_values("beat-b", seen_ago=500, outage_since=utcnow(), outage_reason="E: x"))
+    api.save_task(session, "broken", task="tasks.x", schedule=timedelta(hours=1))
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE celery_periodic_task SET next_run_at = NULL, schedule_error = 'bad'"))
+    shown = run("--url", db_url, "status")
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert lines[0] == "beats: 1 alive, 1 gone (alive: seen within 30s)"
+    assert lines[1].startswith("  alive  beat-a  host h pid 1  v1  started ")
+    assert lines[2].startswith("  gone   beat-b ") and "database outage since" in lines[2]
+    assert "broken (enabled, cannot be scheduled): 1: 'broken'" in lines
+    data = json.loads(run("--url", db_url, "status", "--json").stdout)
+    assert [(b["identity"], b["state"]) for b in data["beats"]] == [("beat-a", "alive"), ("beat-b", "gone")]
+    assert data["broken"] == {"count": 1, "more": False, "names": ["broken"]}
+
+    healthy = run("--url", db_url, "health", "--this-beat", "beat-a")
+    assert (healthy.exit_code, healthy.stdout) == (0, "healthy: 1 beat(s) alive, 0 overdue, 0 unconfirmed\n")
+    sick = run("--url", db_url, "health", "--min-beats", "2", "--max-broken", "0", "--this-beat", "beat-b")
+    assert sick.exit_code == 1
+    assert sick.stdout.splitlines() == [
+        "beats: 1 alive, at least 2 wanted (alive: a heartbeat within 30s; 1 gone)",
+        "broken (enabled, cannot be scheduled): 1: 'broken' (more than 0)",
+        f"beat beat-b: last seen {500}s ago (more than 30s)",
+    ]
+    unknown = run("--url", db_url, "health", "--this-beat", "nobody", "--beat-only")
+    assert (unknown.exit_code, unknown.stdout) == (1, "beat nobody: no heartbeat recorded\n")
+    bad = run("--url", db_url, "health", "--max-age", "-1")
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: max_age: invalid value -1.0"), bad.output
