@@ -34,6 +34,7 @@ setup(
         "mysql": ["PyMySQL>=1.1"],
         "solar": ["ephem>=4.1"],
         "web": WEB,
+        "metrics": ["prometheus-client>=0.17"],
         "test": [
             "pytest>=7.4",
             "pytest-mock>=3.12",
@@ -51,6 +52,7 @@ setup(
             *WEB,
             "playwright>=1.40",  # the web console's tests, driving Debian's Chromium (no download)
             "httpx>=0.25",  # Starlette's test client (the console mounted in a host application)
+            "prometheus-client>=0.17",  # beat's metrics endpoint
         ],
     },
     entry_points={

@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from . import describe
+from . import describe, health
 from . import schedules as sched
 from .broker import publish
 from .constants import CONFIG_SOURCE as CONFIG_SOURCE  # re-exported: part of the api
@@ -81,6 +81,7 @@ __all__ = [
     "save_task",
     "schedule_to_dict",
     "send_options",
+    "status",
     "task_to_dict",
     "upcoming",
     "update_task",
@@ -724,3 +725,17 @@ def _import_fields(entry: Mapping[str, Any]) -> dict[str, Any]:
     if "name" not in entry:
         raise ValidationError("name", None, "is required")
     return {k: v for k, v in entry.items() if k not in STATE_FIELDS and k != "schedule"}
+
+
+# -- beat health ---------------------------------------------------------------------------
+
+def status(
+    session: Session, *, max_age: float = health.MAX_AGE, grace: float = health.GRACE,
+    claim_timeout: float = 30.0, now: datetime | None = None,
+) -> health.Status:
+    """Beats alive (a heartbeat within ``max_age`` seconds) and gone, enabled tasks overdue
+    by more than ``grace`` seconds, claims unconfirmed after ``claim_timeout``, broken and
+    failing tasks: each count capped at ``health.COUNT_CAP`` with the first few names.
+    Reads only (the caller's transaction stays open)."""
+    return health.status(session.connection(), max_age=max_age, grace=grace,
+                         claim_timeout=claim_timeout, now=now)

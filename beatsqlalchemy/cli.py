@@ -7,12 +7,15 @@ does not exist exits 1; so does a database or broker error. Never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import ipaddress
 import json
 import os
+import socket
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -22,7 +25,7 @@ import click
 from celery.app.utils import find_app
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import api, describe, migrate
+from . import api, describe, health, migrate
 from .config import DEFAULT_URL, URL_ALIASES, URL_ENV, BeatConfig, resolve_url
 from .converters import parse_duration as parse_duration  # re-exported: the tests' name
 from .db import database_error, get_engine, redact, session_factory
@@ -188,14 +191,15 @@ class Context:
             raise Failure(f"no database at sqlite:///{path} ({how}); nothing was created")
         click.echo(f"database: sqlite:///{path} ({how})", err=True)
 
-    def engine(self, read_only: bool = False) -> Engine:
+    def engine(self, read_only: bool = False, answer_timeout: float | None = None) -> Engine:
         """The engine, without checking the schema (for the migration commands); with
-        ``read_only``, a default database that does not exist is not created."""
+        ``read_only``, a default database that does not exist is not created; with
+        ``answer_timeout``, a database that does not answer within it fails."""
         if self._engine is None:
             url, options = self.url()
             self._default_database(url, read_only)
             try:
-                self._engine = get_engine(url, options)
+                self._engine = get_engine(url, options, answer_timeout=answer_timeout)
             except ValidationError as exc:  # names the URL, redacted
                 raise InputError(str(exc)) from None
             except Exception as exc:  # a missing driver
@@ -203,10 +207,10 @@ class Context:
         return self._engine
 
     @contextmanager
-    def session(self, read_only: bool = False) -> Iterator[Session]:
+    def session(self, read_only: bool = False, answer_timeout: float | None = None) -> Iterator[Session]:
         """A session on a database whose schema is current (created on SQLite, unless
         ``read_only`` and the default database does not exist)."""
-        engine = self.engine(read_only)
+        engine = self.engine(read_only, answer_timeout)
         config = self.config()
         ensure_schema(engine, config.create_schema if config is not None and not self._url else None)
         # a crontab given without a timezone takes the app's (UTC without -A)
@@ -891,6 +895,218 @@ def web_password(password: str | None) -> None:
     if password is None:
         password = click.prompt("password", hide_input=True, confirmation_prompt=True)
     click.echo(hash_password(password))
+# -- beat health: status and health --------------------------------------------------------
+
+#: the database bound of status and health without an app (``beat_sqlalchemy_database_timeout``)
+DEFAULT_TIMEOUT = 5.0
+
+
+def _status_options(func: F) -> F:
+    """The thresholds status and health share."""
+    for option in reversed((
+        click.option("--max-age", type=float, default=health.MAX_AGE, show_default=True, metavar="SECONDS",
+                     help="A beat is alive when its last heartbeat is at most this old."),
+        click.option("--grace", type=float, default=health.GRACE, show_default=True, metavar="SECONDS",
+                     help="An enabled task is overdue when its next run is further in the past."),
+        click.option("--claim-timeout", type=float, metavar="SECONDS",
+                     help="A claim is unconfirmed when older (default: the app's "
+                     "beat_sqlalchemy_claim_timeout, else 30)."),
+        click.option("--timeout", type=float, metavar="SECONDS",
+                     help="Fail when the database does not answer within this (default: the app's "
+                     "beat_sqlalchemy_database_timeout, else 5)."),
+    )):
+        func = option(func)
+    return func
+
+
+def _read_status(obj: Context, max_age: float, grace: float, claim_timeout: float | None,
+                 timeout: float | None) -> health.Status:
+    """The status, or a Failure when the database does not answer within ``timeout``."""
+    config = obj.config()
+    if timeout is None:
+        timeout = config.database_timeout if config is not None else DEFAULT_TIMEOUT
+    if claim_timeout is None:
+        claim_timeout = config.claim_timeout if config is not None else 30.0
+    health.seconds("timeout", timeout)
+    found: list[health.Status] = []
+    failed: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            with obj.session(read_only=True, answer_timeout=timeout or None) as session:
+                found.append(api.status(session, max_age=max_age, grace=grace, claim_timeout=claim_timeout))
+        except BaseException as exc:  # raised in the caller's thread below
+            failed.append(exc)
+
+    worker = threading.Thread(target=read, name="beatsqlalchemy-status", daemon=True)
+    worker.start()
+    worker.join(timeout or None)
+    if failed:
+        raise failed[0]
+    if not found:
+        raise Failure(f"database {obj.url_shown} did not answer within {timeout:g}s")
+    return found[0]
+
+
+def _ago(status: health.Status, moment: datetime | None) -> str:
+    if not isinstance(moment, datetime):
+        return "-"
+    return f"{_when(moment)} ({max((status.checked_at - moment).total_seconds(), 0):.0f}s ago)"
+
+
+def _finding(label: str, capped: health.Capped) -> str:
+    names = ", ".join(repr(n) for n in capped.names)
+    shown = f": {names}{', ...' if capped.count > len(capped.names) else ''}" if capped.names else ""
+    return f"{label}: {capped}{shown}"
+
+
+def _outage(beat: health.BeatInfo, status: health.Status) -> str:
+    if beat.outage_since is None:
+        return ""
+    if beat.outage_ended is None:
+        return f"; database outage since {_ago(status, beat.outage_since)}: {beat.outage_reason}"
+    seconds = (beat.outage_ended - beat.outage_since).total_seconds()
+    return f"; last outage {_when(beat.outage_since)}, {seconds:.0f}s: {beat.outage_reason}"
+
+
+def _status_json(status: health.Status) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.isoformat()
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+
+    data: dict[str, Any] = plain(dataclasses.asdict(status))
+    for beat in data["beats"]:
+        beat["state"] = "alive" if beat.pop("alive") else "gone"
+    return data
+
+
+@command("status")
+@_status_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@pass_context
+def status_(obj: Context, max_age: float, grace: float, claim_timeout: float | None,
+            timeout: float | None, as_json: bool) -> None:
+    """Show the beats (alive or gone, from their heartbeats), tasks overdue, claims never
+    confirmed as sent, broken tasks and failing tasks. Counts stop at 1000 ("1000+").
+
+    \b
+    Examples:
+      beatsqlalchemy -A proj status
+      celery -A proj beatsqlalchemy status --json
+    """
+    status = _read_status(obj, max_age, grace, claim_timeout, timeout)
+    if as_json:
+        _echo_json(_status_json(status))
+        return
+    click.echo(f"beats: {len(status.alive)} alive, {len(status.gone)} gone "
+               f"(alive: seen within {status.max_age:g}s)")
+    for beat in status.beats:
+        state = "alive" if beat.alive else "gone "
+        click.echo(f"  {state}  {beat.identity}  host {beat.host} pid {beat.pid}  "
+                   f"v{beat.version}  started {_when(beat.started_at)}  last seen "
+                   f"{_ago(status, beat.last_seen)}  runs sent {beat.runs_sent}{_outage(beat, status)}")
+    click.echo(_finding(f"overdue (enabled, due more than {status.grace:g}s ago)", status.overdue))
+    click.echo(_finding(f"unconfirmed claims (older than {status.claim_timeout:g}s)", status.unconfirmed))
+    click.echo(_finding("broken (enabled, cannot be scheduled)", status.broken))
+    click.echo(_finding("failing", status.failing))
+
+
+def _pid_file_beat(status: health.Status, path: str) -> tuple[str, health.BeatInfo | None]:
+    """The beat whose host and pid are this container's and the pid file's."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            pid = int(file.read().strip())
+    except (OSError, ValueError) as exc:
+        raise Failure(f"pid-file: cannot read a pid from {path!r}: {exc}") from None
+    host = socket.gethostname()
+    mine = [b for b in status.beats if b.host == host and b.pid == pid]
+    return f"beat of {path} (host {host}, pid {pid})", max(mine, key=lambda b: b.last_seen, default=None)
+
+
+def _beat_problems(status: health.Status, this_beat: str | None, pid_file: str | None,
+                   beat_only: bool) -> list[str]:
+    """The beat of --this-beat or --pid-file not alive; a beat alive but in an outage (with
+    ``beat_only``, that beat only)."""
+    problems: list[str] = []
+    wanted: list[tuple[str, health.BeatInfo | None]] = []
+    if this_beat is not None:
+        wanted.append((f"beat {this_beat}", next((b for b in status.beats if b.identity == this_beat), None)))
+    if pid_file is not None:
+        wanted.append(_pid_file_beat(status, pid_file))
+    for label, beat in wanted:
+        if beat is None:
+            problems.append(f"{label}: no heartbeat recorded")
+        elif not beat.alive:
+            problems.append(f"{label}: last seen {beat.age:.0f}s ago (more than {status.max_age:g}s)")
+    checked = [b for _, b in wanted if b is not None] if beat_only else status.alive
+    for beat in checked:
+        if beat.alive and beat.in_outage:
+            problems.append(f"beat {beat.identity}: database outage since {_ago(status, beat.outage_since)}: "
+                            f"{beat.outage_reason}")
+    return problems
+
+
+def _schedule_problems(status: health.Status, min_beats: int, max_overdue: int, max_unconfirmed: int,
+                       max_broken: int | None) -> list[str]:
+    """Too few beats alive; too many tasks overdue, claims unconfirmed, tasks broken."""
+    problems: list[str] = []
+    if len(status.alive) < min_beats:
+        problems.append(f"beats: {len(status.alive)} alive, at least {min_beats} wanted (alive: a heartbeat "
+                        f"within {status.max_age:g}s; {len(status.gone)} gone)")
+    for label, capped, most in (
+        (f"overdue (enabled, due more than {status.grace:g}s ago)", status.overdue, max_overdue),
+        (f"unconfirmed claims (older than {status.claim_timeout:g}s)", status.unconfirmed, max_unconfirmed),
+        ("broken (enabled, cannot be scheduled)", status.broken, max_broken),
+    ):
+        if most is not None and (capped.more or capped.count > most):
+            problems.append(f"{_finding(label, capped)} (more than {most})")
+    return problems
+
+
+@command("health")
+@_status_options
+@click.option("--min-beats", type=int, default=1, show_default=True, help="Fewer beats alive is a problem.")
+@click.option("--max-overdue", type=int, default=0, show_default=True,
+              help="More overdue tasks is a problem.")
+@click.option("--max-unconfirmed", type=int, default=0, show_default=True,
+              help="More claims unconfirmed past the claim timeout is a problem.")
+@click.option("--max-broken", type=int, help="More broken tasks is a problem (default: not checked).")
+@click.option("--this-beat", metavar="IDENTITY", help="This beat (beat_sqlalchemy_identity) must be alive.")
+@click.option("--pid-file", metavar="PATH", help="The beat of this host whose pid is in PATH (celery beat "
+              "--pidfile) must be alive.")
+@click.option("--beat-only", is_flag=True, help="Check only the beat of --this-beat or --pid-file (a "
+              "liveness probe: an overdue task should not restart every beat).")
+@pass_context
+def health_(obj: Context, max_age: float, grace: float, claim_timeout: float | None, timeout: float | None,
+            min_beats: int, max_overdue: int, max_unconfirmed: int, max_broken: int | None,
+            this_beat: str | None, pid_file: str | None, beat_only: bool) -> None:
+    """Exit 0 when healthy; otherwise print one line per problem and exit 1 (for
+    Kubernetes probes and cron monitors). A database that does not answer within
+    --timeout is a problem too.
+
+    \b
+    Examples:
+      beatsqlalchemy -A proj health
+      celery -A proj beatsqlalchemy health --pid-file /run/celerybeat.pid --beat-only
+      beatsqlalchemy -A proj health --min-beats 2 --max-overdue 10 --grace 300
+    """
+    if beat_only and this_beat is None and pid_file is None:
+        raise InputError("beat-only: needs --this-beat or --pid-file (see 'health --help')")
+    status = _read_status(obj, max_age, grace, claim_timeout, timeout)
+    problems = [] if beat_only else _schedule_problems(status, min_beats, max_overdue, max_unconfirmed,
+                                                       max_broken)
+    problems += _beat_problems(status, this_beat, pid_file, beat_only)
+    if problems:
+        for line in problems:
+            click.echo(line)
+        raise SystemExit(1)
+    click.echo(f"healthy: {len(status.alive)} beat(s) alive, {status.overdue} overdue, "
+               f"{status.unconfirmed} unconfirmed")
 
 
 if __name__ == "__main__":  # pragma: no cover

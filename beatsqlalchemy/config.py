@@ -74,6 +74,12 @@ class BeatConfig:
     web_users: dict[str, str] = field(default_factory=dict)
     #: the key signing the web console's session cookie
     web_secret: str | None = None
+    #: seconds between the heartbeats beat writes to ``beatsqlalchemy_beat``; 0: none
+    heartbeat_interval: float = 5.0
+    #: the port beat serves Prometheus metrics on (0: none), its address, and the bearer token
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    metrics_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_app(cls, app: Any) -> BeatConfig:
@@ -105,6 +111,7 @@ class BeatConfig:
             broker_dedup_seconds=_positive(conf, "beat_sqlalchemy_broker_dedup_seconds", 600.0, zero=True),
             database_timeout=_positive(conf, "beat_sqlalchemy_database_timeout", 5.0, zero=True),
             **_web_settings(conf),
+            **_observability(conf),
         )
         app._beatsqlalchemy_config = config
         return config
@@ -139,3 +146,28 @@ def _web_settings(conf: Any) -> dict[str, Any]:
         raise ValidationError("beat_sqlalchemy_web_secret", "<hidden>",
                               "must be a string of at least 16 characters")
     return {"web_users": dict(users), "web_secret": secret}
+# -- heartbeats and metrics --------------------------------------------------------------
+
+def _observability(conf: Any) -> dict[str, Any]:
+    """The heartbeat and metrics settings. A metrics port needs a token: nothing of ours
+    opens a port without authentication."""
+    number = _positive(conf, "beat_sqlalchemy_metrics_port", 0, zero=True)
+    if number != int(number) or number > 65535:
+        raise ValidationError("beat_sqlalchemy_metrics_port", conf.get("beat_sqlalchemy_metrics_port"),
+                              "must be a port number (0 to 65535)")
+    port = int(number)
+    token = conf.get("beat_sqlalchemy_metrics_token")
+    if token is not None and (not isinstance(token, str) or not token.strip()):
+        raise ValidationError("beat_sqlalchemy_metrics_token", "***", "must be a non-empty string")
+    if port and token is None:
+        raise ValidationError("beat_sqlalchemy_metrics_token", None, "required when beat_sqlalchemy_"
+                              "metrics_port is set: Prometheus must send it as a bearer token")
+    host = conf.get("beat_sqlalchemy_metrics_host") or "127.0.0.1"
+    if not isinstance(host, str):
+        raise ValidationError("beat_sqlalchemy_metrics_host", host, "must be a host name or address")
+    return {
+        "heartbeat_interval": _positive(conf, "beat_sqlalchemy_heartbeat_interval", 5.0, zero=True),
+        "metrics_port": port,
+        "metrics_host": host,
+        "metrics_token": token,
+    }

@@ -23,3 +23,8 @@ CLAIMED, SENT, ABANDONED, SKIPPED = "claimed", "sent", "abandoned", "skipped"
 
 #: the header beat puts on every run it publishes (``RunOnceTask`` checks only those)
 BEAT_HEADER = "celery_beat_task"
+
+#: the longest outage reason a beat's heartbeat row keeps (``beatsqlalchemy_beat``)
+OUTAGE_REASON_LENGTH = 255
+#: beats whose heartbeat has not been seen for this long (seconds) are deleted by the others
+BEAT_RETENTION = 86_400.0

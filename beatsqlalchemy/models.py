@@ -58,6 +58,7 @@ from .constants import (
     DATABASE_SOURCE,
     DESCRIPTION_BYTES,
     NAME_LENGTH,
+    OUTAGE_REASON_LENGTH,
     SCHEDULE_KINDS,
 )
 from .exceptions import ValidationError
@@ -83,6 +84,7 @@ __all__ = [
     "NAMING_CONVENTION",
     "SCHEDULE_MODELS",
     "Base",
+    "BeatRecord",
     "ClockedSchedule",
     "CrontabSchedule",
     "Deployment",
@@ -812,6 +814,27 @@ class Deployment(Base):
     __tablename__ = DEPLOYMENT_TABLE
 
     id: Mapped[str] = mapped_column(String(KEY_LENGTH), primary_key=True)
+
+
+class BeatRecord(Base):
+    """One beat process, as its heartbeats record it: who and where it is, when it was
+    last seen, how many runs it sent, and its current (or last) database outage."""
+
+    __tablename__ = "beatsqlalchemy_beat"
+
+    #: ``beat_sqlalchemy_identity`` (``host:pid:random`` by default)
+    identity: Mapped[str] = mapped_column(String(255), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    runs_sent: Mapped[int] = mapped_column(BigInteger)
+    #: when the current (or, with ``outage_ended``, the last) database outage began
+    outage_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    outage_ended: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: the outage's database error, one line without secrets
+    outage_reason: Mapped[str | None] = mapped_column(String(OUTAGE_REASON_LENGTH))
 
 
 # MySQL/MariaDB: the tables hold any Unicode text (emoji included) whatever the database's

@@ -29,7 +29,10 @@ from . import schedules as sched
 from .broker import REPORTED_MAX, beat_connection, publish, pushes_once, report_unrouted, returns_unrouted
 from .config import BeatConfig
 from .db import database_error, get_engine, redact, session_factory
-from .exceptions import SchemaNotReady
+from .exceptions import SchemaNotReady, ValidationError
+from .heartbeats import Heartbeat
+from .metrics import Metrics
+from .metrics import start as start_metrics
 from .migrate import ensure_schema
 from .models import PeriodicTask
 from .store import ClaimResult, Run, Store, Window
@@ -147,7 +150,13 @@ class DatabaseScheduler(Scheduler):
     """
 
     def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
-        self.config = BeatConfig.from_app(app)
+        try:
+            self.config = BeatConfig.from_app(app)
+        except ValidationError as exc:
+            if kwargs.get("schedule_filename") is None:  # not ``celery beat``
+                raise
+            logger.critical("beat: invalid configuration: %s", exc)  # one clear line, then a clean exit
+            raise SystemExit(1) from exc
         self.engine = get_engine(
             self.config.url, self.config.engine_options,
             # beat's own transactions last milliseconds: a stalled process loses its row
@@ -182,6 +191,10 @@ class DatabaseScheduler(Scheduler):
         self._recording: list[tuple[list[int], str, Future[None]]] | None = None
         #: created by ``celery beat`` (its service always passes a schedule file name)
         self._in_beat = kwargs.pop("schedule_filename", None) is not None
+        #: this beat's row of ``beatsqlalchemy_beat``, written from the database thread
+        self.heartbeat = Heartbeat(self.config.identity, self.config.heartbeat_interval)
+        #: Prometheus metrics (recording nothing unless a metrics port is set)
+        self.metrics = Metrics()
         super().__init__(app, *args, **kwargs)
 
     # -- Celery's hooks ---------------------------------------------------------
@@ -190,7 +203,21 @@ class DatabaseScheduler(Scheduler):
         """Check the schema (create it on SQLite); a database that is down is retried."""
         if self._in_beat:
             logger.info("beat: identity %s, database %s", self.config.identity, redact(self.config.url))
+        self._start_metrics()
         self._check_schema()
+
+    def _start_metrics(self) -> None:
+        """Serve metrics when a port is set; a port that cannot be bound stops beat."""
+        config = self.config
+        try:
+            self.metrics = start_metrics(config.metrics_port, config.metrics_host, config.metrics_token)
+        except OSError as exc:
+            message = (f"cannot serve metrics on {config.metrics_host}:{config.metrics_port} "
+                       f"(beat_sqlalchemy_metrics_host, beat_sqlalchemy_metrics_port): {exc}")
+            if not self._in_beat:
+                raise OSError(message) from exc
+            logger.critical("beat: %s", message)
+            raise SystemExit(1) from exc
 
     def _check_schema(self) -> bool:
         try:
@@ -243,8 +270,8 @@ class DatabaseScheduler(Scheduler):
             with contextlib.suppress(Exception):
                 producer.channel.close()
 
-    @staticmethod
-    def _returned(exc: BaseException, exchange: str, routing_key: str, message: Any) -> None:
+    def _returned(self, exc: BaseException, exchange: str, routing_key: str, message: Any) -> None:
+        self.metrics.refused()
         report_unrouted(message.headers or {}, exchange, routing_key, f"AMQP: {exc}")
 
     def _read_returns(self) -> None:
@@ -278,10 +305,16 @@ class DatabaseScheduler(Scheduler):
                if self._watch is not None else "")
             + (f"\n    . broker -> each run pushed once (task ids kept "
                f"{self.config.broker_dedup_seconds:g}s)" if pushes_once(self.connection) else "")
+            + (f"\n    . heartbeat -> every {self.config.heartbeat_interval:g}s"
+               if self.config.heartbeat_interval else "")
+            + (f"\n    . metrics -> http://{self.config.metrics_host}:{self.config.metrics_port}/metrics "
+               "(bearer token)" if self.config.metrics_port else "")
         )
 
     def close(self) -> None:
         self._db.close()
+        self.heartbeat.close()
+        self.metrics.close()
         if self._watch is not None:
             self._watch.close()
         super().close()
@@ -318,7 +351,9 @@ class DatabaseScheduler(Scheduler):
 
     def _sync(self) -> None:
         """Read the database, unless the change watch saw nothing committed since the last
-        read and nothing else is due."""
+        read and nothing else is due. A heartbeat, when one is due, goes to the database
+        thread first."""
+        self.heartbeat.beat(self._db.submit, self.store.heartbeat)
         if self._quiet():
             at = time.monotonic()
             self._next_sync = at + self.config.watch_interval
@@ -340,6 +375,7 @@ class DatabaseScheduler(Scheduler):
 
     def _read(self) -> None:
         """Read the window, recompute rows flagged by plain SQL, take over stale claims."""
+        started = time.monotonic()
         now = sched.utcnow()
         self._read_by = 0.0
         try:
@@ -379,6 +415,7 @@ class DatabaseScheduler(Scheduler):
         heap = [(row.next_run_at.timestamp(), row.id, row.next_run_at) for row in rows]
         heapq.heapify(heap)
         self._window[:] = heap
+        self.metrics.read(time.monotonic() - started, len(heap))
         full = len(rows) >= limit
         self._window_end = rows[-1].next_run_at.timestamp() if full else until.timestamp()
         # a recompute batch that was full, or a truncated window, wants another sync soon
@@ -403,6 +440,8 @@ class DatabaseScheduler(Scheduler):
         confirmed as sent within the claim timeout."""
         started = time.monotonic()
         token, taken = self.store.take_over(now, stale_before, self.config.batch_size)
+        if taken:
+            self.metrics.taken_over(len(taken))
         for takeover in taken:
             run = takeover.run
             logger.warning(
@@ -455,6 +494,7 @@ class DatabaseScheduler(Scheduler):
                     self._db_failed(exc, "claiming due runs")
                     break
                 self._db_ok()
+                self.metrics.claimed(len(result.runs), result.skipped, time.monotonic() - claim.started)
                 self._report(result.errors)
                 for run in result.runs:
                     self._reschedule(run.task_pk, run.next_run_at)
@@ -513,8 +553,10 @@ class DatabaseScheduler(Scheduler):
                 continue
             if self._send(run):
                 sent.append(run.run_id)
+                self.metrics.sent(run.slot)
         if not sent:
             return
+        self.heartbeat.sent(len(sent))
         if self._returns:
             self._read_returns()
         if self._recording is None:
@@ -542,6 +584,7 @@ class DatabaseScheduler(Scheduler):
                 # confirmed publishing: the broker refused this run (an exchange that does
                 # not exist) and closed the channel; like an unrouted run it is dropped, said
                 # once, and every other run goes on a new channel
+                self.metrics.refused()
                 self._renew_channel(exc, f"; it refused the run of {run.name!r} ({run.task}) for "
                                          f"{run.slot.isoformat()}, which the run log says sent")
         except Exception as exc:  # a broker error must not stop beat
@@ -565,7 +608,9 @@ class DatabaseScheduler(Scheduler):
     def _db_failed(self, exc: BaseException, doing: str) -> None:
         """Log the first of a run of database errors (an outage, a missing grant) once,
         with its reason, and retry with back-off."""
+        self.metrics.database_error(outage=self._outage_since is None)
         if self._outage_since is None:
+            self.heartbeat.outage_began(exc)
             self._outage_since = time.monotonic()
             logger.error(
                 "beat: database %s error while %s (%s); keeping %d scheduled run(s) "
@@ -582,3 +627,4 @@ class DatabaseScheduler(Scheduler):
                            time.monotonic() - self._outage_since)
             self._outage_since = None
             self._retry_delay = 0.0
+            self.heartbeat.outage_over()

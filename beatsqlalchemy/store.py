@@ -47,6 +47,7 @@ from .message_options import build_options
 from .models import (
     ROW_ERRORS,
     SCHEDULE_MODELS,
+    BeatRecord,
     PeriodicTask,
     PeriodicTaskRun,
     readable,
@@ -67,6 +68,7 @@ def _table(model: type[Any]) -> Table:
 
 TASKS = _table(PeriodicTask)
 RUNS = _table(PeriodicTaskRun)
+BEATS = _table(BeatRecord)
 _C = TASKS.c
 #: the columns beat reads to send a run (JSON read as text, parsed per row)
 _SEND_COLUMNS = (
@@ -368,6 +370,8 @@ class ClaimResult:
     runs: list[Run] = field(default_factory=list)
     #: tasks whose next run moved without a send (expired, bad row): (id, next_run_at)
     rescheduled: list[tuple[int, datetime | None]] = field(default_factory=list)
+    #: runs not sent because they were past their misfire grace (logged as skipped)
+    skipped: int = 0
     #: (task name, reason) for rows that could not be scheduled
     errors: list[tuple[str, str]] = field(default_factory=list)
 
@@ -527,6 +531,7 @@ class Store:
             for values, skipped in parked:  # rare: one statement each
                 if connection.execute(_PARK, values).rowcount == 1 and skipped is not None:
                     self._log_skipped(connection, skipped, token, now)
+                    result.skipped += 1
             result.runs = _claim_all(connection, pending, advanced, self.identity, token, now)
         return result
 
@@ -639,6 +644,24 @@ class Store:
             if ids:
                 connection.execute(delete(RUNS).where(RUNS.c.id.in_(ids)))
         return len(ids)
+
+    # -- heartbeats -------------------------------------------------------------
+
+    def heartbeat(self, values: Mapping[str, Any], prune_before: datetime | None = None) -> int:
+        """Upsert this beat's row of ``beatsqlalchemy_beat`` (``values``: its columns); with
+        ``prune_before``, delete the rows of beats last seen before then. Returns how many
+        were deleted."""
+        identity = values["identity"]
+        changes = {key: value for key, value in values.items() if key != "identity"}
+        with begin_write(self.engine) as connection:
+            updated = connection.execute(update(BEATS).where(BEATS.c.identity == identity).values(changes))
+            if updated.rowcount == 0:
+                connection.execute(insert(BEATS).values(dict(values)))
+            if prune_before is None:
+                return 0
+            return int(connection.execute(
+                delete(BEATS).where(BEATS.c.last_seen < prune_before, BEATS.c.identity != identity)
+            ).rowcount)
 
 
 # -- row parsing ------------------------------------------------------------------

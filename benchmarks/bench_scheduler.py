@@ -26,6 +26,7 @@ import pstats
 import random
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -212,11 +213,13 @@ def prepare(backend: str, n: int, workdir: Path, run_analyze: bool) -> tuple[str
     return url, seconds
 
 
-def run_child(url: str, n: int, args: argparse.Namespace, mode: str = "scheduler") -> dict[str, Any]:
-    """Measure one case in a fresh interpreter; returns the child's result dict."""
+def run_child(url: str, n: int, args: argparse.Namespace, mode: str = "scheduler",
+              observed: bool = False) -> dict[str, Any]:
+    """Measure one case in a fresh interpreter; returns the child's result dict. With
+    ``observed``, beat writes heartbeats (every OBSERVED_HEARTBEAT s) and serves metrics."""
     config = {"url": url, "n": n, "burst": args.burst, "profile": args.profile,
               "ticks": args.ticks, "syncs": args.syncs, "mode": mode,
-              "change": not args.no_change}
+              "change": not args.no_change, "observed": observed}
     command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(config)]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=900, check=False)
     for line in reversed(done.stdout.splitlines()):
@@ -304,6 +307,10 @@ def child_main(config: dict[str, Any]) -> dict[str, Any]:
         beat_sqlalchemy_url=config["url"],
         result_expires=None,  # no backend_cleanup entry that might fall due at 04:00
         beat_schedule={"bench.config-task": {"task": "bench.noop", "schedule": 86400.0}},
+        # heartbeats and metrics: off, or on (heartbeats more often than the default 5 s)
+        beat_sqlalchemy_heartbeat_interval=OBSERVED_HEARTBEAT if config.get("observed") else 0,
+        beat_sqlalchemy_metrics_port=free_port() if config.get("observed") else 0,
+        beat_sqlalchemy_metrics_token="bench-token",
     )
     result: dict[str, Any] = {"n": config["n"]}
     make_url(config["url"]).get_dialect().import_dbapi()  # the driver too is imported before
@@ -406,6 +413,8 @@ def change_once(scheduler: Any, sent: Counter[int], url: str, how: str) -> dict[
     window); beat runs its own loop (tick, sleep what tick says) until its in-memory
     window holds the task. Returns beat's time in the sync that applied it and the wall
     time from the writer's commit to the end of that sync; the row is restored after."""
+    from beatsqlalchemy.db import begin_write
+
     t = tables()
     task = t["task"]
     name = CHANGE_TASKS[how]
@@ -442,7 +451,7 @@ def change_once(scheduler: Any, sent: Counter[int], url: str, how: str) -> dict[
     # put the row back as it was (next_run_at set explicitly: no recompute flag)
     restore = {c: before[c] for c in ("interval_id", "crontab_id", "next_run_at", "last_run_at",
                                      "total_run_count", "needs_recompute")}
-    with engine.begin() as connection:
+    with begin_write(engine) as connection:
         connection.execute(delete(t["run"]).where(t["run"].c.periodic_task_id == task_pk))
         connection.execute(task.update().where(task.c.id == task_pk).values(**restore))
     scheduler._read()
@@ -542,12 +551,15 @@ def e2e_main(config: dict[str, Any]) -> dict[str, Any]:
 
 def burst(scheduler: Any, sent: Counter[int], k: int, profile: bool) -> dict[str, Any]:
     """Insert ``k`` tasks due now, time until all are claimed and handed to publish,
-    check each went out exactly once (in memory and in the run log), then clean up."""
+    check each went out exactly once (in memory and in the run log), then clean up (in
+    read-then-write transactions: beat's heartbeats write meanwhile)."""
+    from beatsqlalchemy.db import begin_write
+
     t = tables()
     task, run = t["task"], t["run"]
     engine = scheduler.engine
     now = datetime.now(UTC)
-    with engine.begin() as connection:
+    with begin_write(engine) as connection:
         hourly = connection.scalar(select(t["interval"].c.id).where(
             t["interval"].c.every == 1, t["interval"].c.period == "hours"))
         rows = [task_row(f"bench.burst.{i:05d}", now - timedelta(seconds=1), now, interval_id=hourly)
@@ -565,7 +577,7 @@ def burst(scheduler: Any, sent: Counter[int], k: int, profile: bool) -> dict[str
     for _ in range(3):
         scheduler._sync()
         scheduler.tick()
-    with engine.begin() as connection:
+    with begin_write(engine) as connection:
         logged = dict(connection.execute(
             select(run.c.periodic_task_id, func.count())
             .where(run.c.periodic_task_id.in_(ids), run.c.state == "sent")
@@ -682,6 +694,19 @@ def check_targets(rows: list[dict[str, Any]], e2e: list[dict[str, Any]]) -> list
     return lines
 
 
+#: the heartbeat interval of ``--observability on`` (the default is 5 s)
+OBSERVED_HEARTBEAT = 1.0
+#: the row label of each ``--observability`` setting
+OBSERVED_LABELS = {False: "", True: " +hb+metrics"}
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 (for the metrics endpoint)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def parent_main(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bsa_bench_"))
     rows: list[dict[str, Any]] = []
@@ -692,18 +717,23 @@ def parent_main(args: argparse.Namespace) -> int:
             for n in args.sizes:
                 url, insert_s = prepare(backend, n, workdir, not args.no_analyze)
                 print(f"[{backend} N={n:,}] {n:,} tasks inserted in {insert_s:.1f}s", file=sys.stderr)
-                runs = []
+                observed_modes = {"off": [False], "on": [True], "both": [False, True]}[args.observability]
+                runs_of: dict[bool, list[dict[str, Any]]] = {mode: [] for mode in observed_modes}
                 for repeat in range(args.repeats):
-                    runs.append(run_child(url, n, args))
-                    r = runs[-1]
-                    print(f"[{backend} N={n:,}] run {repeat + 1}: startup {r['startup_s']:.3f}s, "
-                          f"idle tick {r['idle_tick_ms']:.4f}ms, sync {r['sync_ms']:.4f}ms, "
-                          f"read {r['read_ms']:.2f}ms, "
-                          f"change api/sql {fmt(r.get('change_api_beat_ms'), '.2f')}/"
-                          f"{fmt(r.get('change_sql_beat_ms'), '.2f')}ms, "
-                          f"rss {r['rss_mb']:.1f}MB, burst {fmt(r.get('burst_s'), '.2f')}s",
-                          file=sys.stderr)
-                rows.append(summarize(backend, n, runs, insert_s))
+                    for observed in observed_modes:  # interleaved: both see the same machine load
+                        runs = runs_of[observed]
+                        runs.append(run_child(url, n, args, observed=observed))
+                        r = runs[-1]
+                        print(f"[{backend}{OBSERVED_LABELS[observed]} N={n:,}] run {repeat + 1}: "
+                              f"startup {r['startup_s']:.3f}s, "
+                              f"idle tick {r['idle_tick_ms']:.4f}ms, sync {r['sync_ms']:.4f}ms, "
+                              f"read {r['read_ms']:.2f}ms, "
+                              f"change api/sql {fmt(r.get('change_api_beat_ms'), '.2f')}/"
+                              f"{fmt(r.get('change_sql_beat_ms'), '.2f')}ms, "
+                              f"rss {r['rss_mb']:.1f}MB, burst {fmt(r.get('burst_s'), '.2f')}s",
+                              file=sys.stderr)
+                for observed, runs in runs_of.items():
+                    rows.append(summarize(backend + OBSERVED_LABELS[observed], n, runs, insert_s))
                 if args.e2e:
                     e2e = [run_child(url, n, args, mode="e2e") for _ in range(args.repeats)]
                     best = {key: statistics.median(r[key] for r in e2e)
@@ -767,6 +797,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run the end-to-end burst on the real Redis broker "
                              f"({E2E_BROKER}, flushed), at each N")
     parser.add_argument("--no-change", action="store_true", help="skip the change_applied test")
+    parser.add_argument("--observability", choices=("off", "on", "both"), default="off",
+                        help="beat's heartbeats (every 1 s) and metrics endpoint: off, on, or both "
+                             "(interleaved runs, one row each)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--writer", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

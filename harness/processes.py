@@ -52,9 +52,11 @@ def app_module(doc: str, prefix: str, imports: tuple[str, ...] = (), settings: s
     )
 
 
-#: the app of the end-to-end tests: its one task appends a line per execution to ``E2E_RECORD``
+#: the app of the end-to-end tests: its one task appends a line per execution to ``E2E_RECORD``;
+#: ``E2E_CONF`` (JSON) adds settings
 APP_MODULE = app_module("The Celery app the end-to-end tests run beat and a worker on.", "E2E",
-                        imports=("json", "time"), body='''\
+                        imports=("json", "time"),
+                        settings='    **json.loads(os.environ.get("E2E_CONF") or "{}"),\n', body='''\
 RECORD = os.environ["E2E_RECORD"]
 
 

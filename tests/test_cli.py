@@ -78,7 +78,7 @@ def add_three(url: str) -> None:
 def test_every_command_has_help_with_examples() -> None:
     assert set(main.commands) == {"upgrade", "downgrade", "current", "list", "show", "add", "edit",
                                   "enable", "disable", "remove", "run", "export", "import", "web",
-                                  "web-password"}
+                                  "web-password", "status", "health"}
     assert set(celery_command.commands) == set(main.commands)
     for args in ([], *([name] for name in main.commands)):
         result = cli(*args, "--help")

@@ -51,6 +51,8 @@ PASSWORD = f"Pw-{uuid.uuid4().hex[:12]}-secret"
 #: the six tables beat reads and writes
 TABLES = ("celery_interval_schedule", "celery_crontab_schedule", "celery_solar_schedule",
           "celery_clocked_schedule", "celery_periodic_task", "celery_periodic_task_run")
+#: beat's heartbeat table (its key is the beat's identity: no sequence)
+HEARTBEATS = "beatsqlalchemy_beat"
 OUTAGE_START = re.compile(r"beat: database \S+ error while")
 OUTAGE_END = re.compile(r"beat: database working again after")
 INSTALLED = re.compile(r"beat: \d+ task\(s\) from beat_schedule installed")
@@ -455,6 +457,7 @@ def pg_grants(database: str, role: str, version_table: bool = True) -> list[str]
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(TABLES)} TO {role}",
         f"GRANT USAGE ON SEQUENCE {', '.join(f'{t}_id_seq' for t in TABLES)} TO {role}",
         f"GRANT SELECT ON beatsqlalchemy_deployment TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {HEARTBEATS} TO {role}",
     ]
     if version_table:
         grants.append(f"GRANT SELECT ON beatsqlalchemy_version TO {role}")
@@ -551,6 +554,13 @@ def test_a_postgresql_role_without_ddl_rights_runs_beat(
     runs = beat.run_log()
     assert {r.periodic_task_name for r in runs.values()} == {"every1-api", "every1-sql"}
     assert {r.state for r in runs.values() if r.task_id in {m.id for m in beat.reader.messages}} == {"sent"}
+    assert heartbeats(owner_url) == 1
+
+
+def heartbeats(owner_url: str) -> int:
+    """How many beats recorded a heartbeat."""
+    with db.get_engine(owner_url).connect() as connection:
+        return int(connection.execute(text(f"SELECT COUNT(*) FROM {HEARTBEATS}")).scalar_one())
 
 
 def test_without_select_on_the_version_table_beat_says_which_grant_is_missing(
@@ -580,7 +590,8 @@ def test_without_select_on_the_version_table_beat_says_which_grant_is_missing(
 
 def mariadb_grants(database: str, user: str) -> list[str]:
     """The MariaDB/MySQL equivalent of ``pg_grants`` (no sequences there)."""
-    return [f"GRANT SELECT, INSERT, UPDATE, DELETE ON {database}.{t} TO {user}" for t in TABLES] + [
+    writes = (*TABLES, HEARTBEATS)
+    return [f"GRANT SELECT, INSERT, UPDATE, DELETE ON {database}.{t} TO {user}" for t in writes] + [
         f"GRANT SELECT ON {database}.{t} TO {user}"
         for t in ("beatsqlalchemy_version", "beatsqlalchemy_deployment")]
 
@@ -621,6 +632,7 @@ def test_a_mariadb_user_without_ddl_rights_runs_beat(
         log = beat.log()
         assert alive and "Traceback" not in log and "denied" not in log, log
         no_password(log)
+        assert heartbeats(owner_url) == 1
     finally:
         db.dispose_all()
         with admin.connect() as connection:
