@@ -100,7 +100,7 @@ def test_alembic_command_upgrade_and_downgrade(empty_db_url: str, plain_engine: 
     upgraded = alembic(empty_db_url, "upgrade", "head")
     assert_migrated(plain_engine)
     # alembic.ini's logging: each migration is named as it runs
-    assert f"Running upgrade 0003 -> {migrate.head_revision()}" in upgraded.stderr, upgraded.stderr
+    assert f" -> {migrate.head_revision()}, " in upgraded.stderr, upgraded.stderr
     current = alembic(empty_db_url, "current")
     assert migrate.head_revision() in current.stdout
     downgraded = alembic(empty_db_url, "downgrade", "base")
