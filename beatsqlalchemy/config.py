@@ -70,6 +70,8 @@ class BeatConfig:
     broker_dedup_seconds: float = 600.0
     #: beat's (and run-once workers') database calls: no answer within this is an outage; 0: no bound
     database_timeout: float = 5.0
+    #: workers: record each beat run's outcome in the run log (``beatsqlalchemy.outcomes``)
+    track_outcomes: bool = False
 
     @classmethod
     def from_app(cls, app: Any) -> BeatConfig:
@@ -100,6 +102,7 @@ class BeatConfig:
             ),
             broker_dedup_seconds=_positive(conf, "beat_sqlalchemy_broker_dedup_seconds", 600.0, zero=True),
             database_timeout=_positive(conf, "beat_sqlalchemy_database_timeout", 5.0, zero=True),
+            track_outcomes=_flag(conf, "beat_sqlalchemy_track_outcomes"),
         )
         app._beatsqlalchemy_config = config
         return config
@@ -118,3 +121,18 @@ def _positive(conf: Any, key: str, default: float, zero: bool = False) -> float:
         reason = "must be zero or a positive number" if zero else "must be a positive number"
         raise ValidationError(key, value, reason)
     return number
+
+
+def _flag(conf: Any, key: str) -> bool:
+    """The boolean under ``key`` (False when unset): True, False, or 1, 0, "true", "false"..."""
+    value = conf.get(key)
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValidationError(key, value, "must be true or false")
