@@ -195,3 +195,21 @@ def test_a_prefork_worker_records_from_its_pool_processes(cluster: Cluster, sess
     done = wait_for(lambda: finished(engine, "ok", 3, "succeeded"), 20, "three recorded successes")
     assert all(r.runtime is not None and r.worker for r in done)
     assert "cannot record" not in worker.log()
+
+
+def test_run_once_tasks_are_started_once_and_recorded(cluster: Cluster, session: Session,
+                                                      engine: Engine) -> None:
+    """Under ``RunOnceTask`` the tracker's start is the run-once check: one write, and the
+    first copy is never taken for a second one."""
+    (cluster.root / "e2eapp.py").write_text(OUTCOMES_APP.replace(
+        '@app.task(bind=True, name="e2e.record")',
+        '@app.task(bind=True, name="e2e.record", base=RunOnceTask)',
+    ).replace("from celery import Celery\n", "from celery import Celery\n\n"
+              "from beatsqlalchemy.worker import RunOnceTask\n"), encoding="utf-8")
+    every_second(session, "ok", "e2e.record")
+    worker = cluster.worker()
+    cluster.beat()
+    done = wait_for(lambda: finished(engine, "ok", 2, "succeeded"), 20, "two recorded successes")
+    assert all(r.started_by == r.worker for r in done)
+    assert "dropping a second copy" not in worker.log()
+    assert len(cluster.records("ok")) >= 2
