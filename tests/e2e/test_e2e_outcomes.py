@@ -9,6 +9,7 @@ module (``celery worker`` imports the package through our ``celery`` plug-in).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -213,3 +214,23 @@ def test_run_once_tasks_are_started_once_and_recorded(cluster: Cluster, session:
     assert all(r.started_by == r.worker for r in done)
     assert "dropping a second copy" not in worker.log()
     assert len(cluster.records("ok")) >= 2
+
+
+def test_unknown_and_expired_runs_are_recorded(cluster: Cluster, session: Session, engine: Engine) -> None:
+    """A task name no worker knows (a typo) fails as ``unknown``; a run the worker received
+    after its expiry is ``expired`` (both decided in the worker's main process)."""
+    every_second(session, "typo", "e2e.no_such_task")
+    PeriodicTask.update_or_create(session, name="stale", task="e2e.record", interval=timedelta(hours=1),
+                                  args=["stale"], expire_seconds=1)
+    PeriodicTask.update_or_create(session, name="stale", next_run_at=datetime.now(timezone.utc))
+    cluster.beat()
+    wait_for(lambda: [r for r in runs_of(engine, "stale") if r.state == "sent"] or None, 10,
+             "the stale run sent")
+    time.sleep(1.5)  # past its expiry before any worker takes it
+    cluster.worker()
+    [expired] = wait_for(lambda: finished(engine, "stale", 1), 20, "the expired run recorded")
+    assert expired.outcome == "expired" and cluster.records("stale") == []
+    unknown = wait_for(lambda: finished(engine, "typo", 2, "unknown"), 20, "unknown runs recorded")
+    assert unknown[0].error is not None and "e2e.no_such_task" in unknown[0].error
+    typo = stored(engine, "typo")
+    assert typo is not None and typo.last_outcome == "unknown" and typo.consecutive_failures >= 2
