@@ -155,11 +155,11 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, task: Any = None
                 retval: Any = None, **_: Any) -> None:
     attempt = _running.pop(task_id, None) if task_id is not None else None
     task = task or sender
-    if attempt is None or task is None or task_id is None:
-        return
-    outcome = _OUTCOMES.get(state or "", FAILED)
+    if attempt is None or task is None or task_id is None or state is None:
+        return  # no state: the process was stopped mid-run, which its main process reports
+    outcome = _OUTCOMES.get(state, FAILED)
     _write(task.app, runlog.finish, task_id, outcome, _hostname(task.request), sched.utcnow(),
-           runtime=time.monotonic() - attempt.started, error=_error(state or "", retval))
+           runtime=time.monotonic() - attempt.started, error=_error(state, retval))
 
 
 def _on_revoked(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
@@ -172,6 +172,18 @@ def _on_revoked(sender: Any = None, request: Any = None, expired: bool = False, 
         _running.pop(task_id, None)
         _write(sender.app, runlog.finish, task_id, EXPIRED if expired else REVOKED, _hostname(request),
                sched.utcnow())
+
+
+def _on_failure(sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any) -> None:
+    """A failure the worker's main process reports (a hard time limit, a pool process lost):
+    the run's own process never got to ``task_postrun``. Failures inside a run are left to
+    ``task_postrun``; a task id that is no beat run matches no row."""
+    if sender is None or not task_id or task_id in _running or not enabled(sender.app):
+        return
+    if getattr(sender.request, "id", None) == task_id:  # inside the run: task_postrun records it
+        return
+    error = runlog.error_text(exception) if isinstance(exception, BaseException) else None
+    _write(sender.app, runlog.finish, task_id, FAILED, f"worker:{os.getpid()}", sched.utcnow(), error=error)
 
 
 def _on_unknown(sender: Any = None, message: Any = None, name: str | None = None, id: str | None = None,
@@ -202,6 +214,7 @@ def connect() -> None:
     for signal, receiver in (
         (signals.task_prerun, _on_prerun), (signals.task_postrun, _on_postrun),
         (signals.task_revoked, _on_revoked), (signals.task_unknown, _on_unknown),
+        (signals.task_failure, _on_failure),
         (signals.worker_ready, _on_worker_ready), (signals.worker_process_init, _on_process_init),
     ):
         signal.connect(receiver, weak=False, dispatch_uid=f"beatsqlalchemy.outcomes.{receiver.__name__}")

@@ -234,3 +234,25 @@ def test_unknown_and_expired_runs_are_recorded(cluster: Cluster, session: Sessio
     assert unknown[0].error is not None and "e2e.no_such_task" in unknown[0].error
     typo = stored(engine, "typo")
     assert typo is not None and typo.last_outcome == "unknown" and typo.consecutive_failures >= 2
+
+
+def test_a_run_past_its_hard_time_limit_is_recorded_as_failed(cluster: Cluster, session: Session,
+                                                              engine: Engine) -> None:
+    """The pool process is killed: the worker's main process reports the failure."""
+    (cluster.root / "e2eapp.py").write_text(OUTCOMES_APP + '''
+
+@app.task(name="e2e.slow", time_limit=1)
+def slow(tag):
+    time.sleep(30)
+''', encoding="utf-8")
+    PeriodicTask.update_or_create(session, name="slow", task="e2e.slow", interval=timedelta(hours=1),
+                                  args=["slow"])
+    PeriodicTask.update_or_create(session, name="slow", next_run_at=datetime.now(timezone.utc))
+    argv = ["-A", "e2eapp", "worker", "-l", "INFO", "-P", "prefork", "-c", "1", "-Q", cluster.queue, "-n",
+            f"{cluster.queue}@%h", "--without-mingle", "--without-gossip", "--without-heartbeat"]
+    cluster.start("worker", argv, cluster.root, cluster.env).wait_log(r"\S+@\S+ ready\.")
+    cluster.beat()
+    [run] = wait_for(lambda: finished(engine, "slow", 1), 20, "the killed run recorded")
+    assert run.outcome == "failed" and run.error is not None and "TimeLimitExceeded" in run.error
+    task = stored(engine, "slow")
+    assert task is not None and task.consecutive_failures == 1
