@@ -14,7 +14,8 @@ from .config import hide_urls_in_celery_reports
 # imported by every ``celery`` command (our ``celery beatsqlalchemy`` plug-in) and by beat
 hide_urls_in_celery_reports()
 
-from . import api  # noqa: E402 (after the hook above: api registers the write core)
+# api registers the write core; outcomes connects the workers' receivers (off unless configured)
+from . import api, outcomes  # noqa: E402,F401
 from .exceptions import (  # noqa: E402
     BeatSQLAlchemyError,
     DeploymentIdMissing,

@@ -32,9 +32,9 @@ from sqlalchemy.sql.elements import ColumnElement
 from . import describe, health
 from . import schedules as sched
 from .broker import publish
+from .constants import CLAIMED, OUTCOME_COLUMNS, SCHEDULE_KINDS, SENT
 from .constants import CONFIG_SOURCE as CONFIG_SOURCE  # re-exported: part of the api
 from .constants import DATABASE_SOURCE as DATABASE_SOURCE
-from .constants import SCHEDULE_KINDS, SENT
 from .converters import option_fields as option_fields  # re-exported: part of the api
 from .converters import schedule_fields, schedule_kind
 from .db import prepare_write
@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_PAGE_SIZE",
     "DEFINITION_FIELDS",
     "OPTION_COLUMNS",
+    "RUN_FIELDS",
     "STATE_FIELDS",
     "count_tasks",
     "create_task",
@@ -66,6 +67,7 @@ __all__ = [
     "enable_tasks",
     "engine_for",
     "export_tasks",
+    "failing_tasks",
     "get_task",
     "get_tasks",
     "import_tasks",
@@ -77,6 +79,7 @@ __all__ = [
     "option_fields",
     "remove_task",
     "run_now",
+    "run_to_dict",
     "runs",
     "save_task",
     "schedule_to_dict",
@@ -300,7 +303,9 @@ def runs(
     until: datetime | None = None, state: str | None = None, limit: int = 100,
 ) -> list[PeriodicTaskRun]:
     """The run log, newest slot first: which runs of ``name`` were due between ``since``
-    and ``until``, their Celery task ids, whether they were sent, and by which beat.
+    and ``until``, their Celery task ids, whether they were sent, and by which beat; with
+    ``beat_sqlalchemy_track_outcomes`` on the workers, how each ended (``outcome``, ``worker``,
+    ``finished_at``, ``runtime``, ``retries``, ``error``).
     Reads only (the caller's transaction stays open)."""
     query = select(PeriodicTaskRun).order_by(PeriodicTaskRun.slot.desc()).limit(limit)
     if name is not None:
@@ -314,6 +319,35 @@ def runs(
     return list(session.scalars(query))
 
 
+def failing_tasks(session: Session, min_failures: int = 1, limit: int = 100) -> list[PeriodicTask]:
+    """Tasks whose latest ``min_failures`` runs or more all failed on the workers (as the
+    workers recorded them), most failures first, then the most recent.
+    Reads only (the caller's transaction stays open)."""
+    min_failures = as_int("min_failures", min_failures, 1, sched.INT32_MAX) or 1
+    limit = as_int("limit", limit, 1, sched.INT32_MAX) or 1
+    return list(session.scalars(
+        select(PeriodicTask).where(PeriodicTask.consecutive_failures >= min_failures)
+        .order_by(PeriodicTask.consecutive_failures.desc(), PeriodicTask.last_outcome_at.desc(),
+                  PeriodicTask.name)
+        .limit(limit)
+    ))
+
+
+#: the columns of a run-log row ``run_to_dict`` gives, in order
+RUN_FIELDS = ("slot", "task_id", "state", "sent_by", "sent_at", "started_at", "worker", "outcome",
+              "finished_at", "runtime", "retries", "error")
+
+
+def run_to_dict(run: PeriodicTaskRun) -> dict[str, Any]:
+    """A run-log row as JSON values: when it was due, its task id, whether it was sent and
+    by whom, and what the workers recorded of it (outcome, runtime, error)."""
+    data: dict[str, Any] = {}
+    for key in RUN_FIELDS:
+        value = getattr(run, key)
+        data[key] = _iso(value) if isinstance(value, datetime) else value
+    return data
+
+
 # -- managing tasks by name ---------------------------------------------------------------
 
 #: what ``export_tasks`` writes for each task: its definition, not its run state
@@ -322,7 +356,7 @@ DEFINITION_FIELDS = (
     "expire_seconds", "one_off", "start_time", "extra_options", "misfire_policy",
 )
 #: run state, shown by ``task_to_dict(state=True)``; ``import_tasks`` ignores it
-STATE_FIELDS = ("last_run_at", "next_run_at", "total_run_count", "schedule_error")
+STATE_FIELDS = ("last_run_at", "next_run_at", "total_run_count", "schedule_error", *OUTCOME_COLUMNS)
 DEFAULT_PAGE_SIZE = 50
 
 
@@ -594,27 +628,42 @@ def run_now(
     if task.expires is not None and task.expires <= now:
         _end_read(session)
         raise ValidationError("expires", task.expires.isoformat(), "the task has expired")
-    _end_read(session)  # publish outside any transaction
+    _end_read(session)
     task_id = run_task_id(deployment, pk, run_key, now)
-    publish(app, task_name, args, kwargs, task_id, options)
+    # logged before it is published, so a worker recording its outcome finds it by task id
     run = PeriodicTaskRun(
-        periodic_task_id=pk, periodic_task_name=name, slot=now, task_id=task_id, state=SENT,
-        sent_by=(sent_by or default_sender())[:255], claim_token=uuid.uuid4().hex,
-        claimed_at=now, sent_at=sched.utcnow(),
+        periodic_task_id=pk, periodic_task_name=name, slot=now, task_id=task_id, state=CLAIMED,
+        sent_by=(sent_by or default_sender())[:255], claim_token=uuid.uuid4().hex, claimed_at=now,
     )
+    _commit_own(session, lambda: session.add(run))
     try:
-        prepare_write(session)
-        session.add(run)
+        publish(app, task_name, args, kwargs, task_id, options)  # outside any transaction
+    except BaseException:
+        _commit_own(session, lambda: session.delete(run))  # never sent: nothing recorded
+        raise
+    sent_at = sched.utcnow()
+
+    def mark_sent() -> None:
+        run.state, run.sent_at = SENT, sent_at
         session.execute(
             update(PeriodicTask).where(PeriodicTask.id == pk)
             .values(total_run_count=PeriodicTask.total_run_count + 1, last_run_at=now)
             .execution_options(synchronize_session=False)
         )
+
+    _commit_own(session, mark_sent)
+    return run
+
+
+def _commit_own(session: Session, work: Any) -> None:
+    """Do ``work`` in a write transaction of its own and commit it (roll back on error)."""
+    try:
+        prepare_write(session)
+        work()
         session.commit()
     except BaseException:
         session.rollback()
         raise
-    return run
 
 
 # -- export and import ----------------------------------------------------------------
@@ -662,6 +711,8 @@ def task_to_dict(task: PeriodicTask, state: bool = True) -> dict[str, Any]:
         data.update(
             last_run_at=_iso(task.last_run_at), next_run_at=_iso(task.next_run_at),
             total_run_count=task.total_run_count, schedule_error=task.schedule_error,
+            last_outcome=task.last_outcome, last_outcome_at=_iso(task.last_outcome_at),
+            last_success_at=_iso(task.last_success_at), consecutive_failures=task.consecutive_failures,
         )
     return data
 

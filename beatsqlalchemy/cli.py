@@ -294,6 +294,14 @@ def _task_json(session: Session, task: PeriodicTask) -> dict[str, Any]:
     return data
 
 
+def _outcome(task: PeriodicTask) -> str:
+    """How the task's latest run ended on a worker, with its failures in a row."""
+    if not task.last_outcome:
+        return "-"
+    failures = task.consecutive_failures or 0
+    return f"{task.last_outcome} ({failures} in a row)" if failures else task.last_outcome
+
+
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
@@ -375,7 +383,8 @@ def current(obj: Context) -> None:
 def list_(obj: Context, enabled: bool | None, task_name: str | None, pattern: str | None,
           limit: int | None, offset: int, page: int | None, size: int | None, as_json: bool) -> None:
     """List periodic tasks, sorted by name: name, Celery task, schedule in plain words,
-    enabled, last run, next run (UTC), total runs and source (config or database).
+    enabled, last run, next run (UTC), total runs, source (config or database) and how the
+    latest run ended on a worker (with the failures in a row).
 
     \b
     Examples:
@@ -394,13 +403,13 @@ def list_(obj: Context, enabled: bool | None, task_name: str | None, pattern: st
             click.echo("no periodic tasks")
             return
         rows = [["NAME", "TASK", "SCHEDULE", "ENABLED", "LAST RUN (UTC)", "NEXT RUN (UTC)", "RUNS",
-                 "SOURCE"]]
+                 "SOURCE", "LAST OUTCOME"]]
         for task in tasks:
             next_run, error = api.next_run_or_error(task)
             rows.append([
                 task.name, task.task, describe.task(task), "yes" if task.enabled else "no",
                 _when(task.last_run_at), "error" if error else _when(next_run),
-                str(task.total_run_count), task.source or api.DATABASE_SOURCE,
+                str(task.total_run_count), task.source or api.DATABASE_SOURCE, _outcome(task),
             ])
         click.echo(_table(rows))
 
@@ -429,10 +438,7 @@ def show(obj: Context, name: str, as_json: bool) -> None:
                 upcoming = []
         if as_json:
             data["upcoming"] = [moment.isoformat() for moment in upcoming]
-            data["recent_runs"] = [{
-                "slot": _iso(run.slot), "task_id": run.task_id, "state": run.state,
-                "sent_by": run.sent_by, "sent_at": _iso(run.sent_at),
-            } for run in recent]
+            data["recent_runs"] = [api.run_to_dict(run) for run in recent]
             _echo_json(data)
             return
         kind = next((k for k in ("interval", "crontab", "solar", "clocked") if k in data), None)
@@ -456,6 +462,9 @@ def show(obj: Context, name: str, as_json: bool) -> None:
             ("last run", _when(task.last_run_at) + (" UTC" if task.last_run_at else "")),
             ("next run", (_when(upcoming[0]) + " UTC") if upcoming else "-"),
             ("total runs", str(task.total_run_count)),
+            ("outcome", _outcome(task) + (f" at {_when(task.last_outcome_at)} UTC"
+                                               if task.last_outcome_at else "")),
+            ("succeeded", _when(task.last_success_at) + (" UTC" if task.last_success_at else "")),
         ]
         if data["schedule_error"]:
             lines.append(("error", data["schedule_error"]))
@@ -466,8 +475,11 @@ def show(obj: Context, name: str, as_json: bool) -> None:
             click.echo(f"{label + ':':<{width}}{value}")
         if recent:
             click.echo("recent runs (UTC):")
-            click.echo(_table([["  SLOT", "STATE", "TASK ID", "SENT BY"]] + [
-                [f"  {_when(run.slot)}", run.state, run.task_id, run.sent_by] for run in recent
+            click.echo(_table([["  SLOT", "STATE", "TASK ID", "SENT BY", "OUTCOME", "RUNTIME", "WORKER",
+                                "ERROR"]] + [
+                [f"  {_when(run.slot)}", run.state, run.task_id, run.sent_by, run.outcome or "-",
+                 "-" if run.runtime is None else f"{run.runtime:.3f}s", run.worker or "-", run.error or "-"]
+                for run in recent
             ]))
 
 

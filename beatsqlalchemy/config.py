@@ -80,6 +80,8 @@ class BeatConfig:
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     metrics_token: str | None = field(default=None, repr=False)
+    #: workers: record each beat run's outcome in the run log (``beatsqlalchemy.outcomes``)
+    track_outcomes: bool = False
 
     @classmethod
     def from_app(cls, app: Any) -> BeatConfig:
@@ -112,6 +114,7 @@ class BeatConfig:
             database_timeout=_positive(conf, "beat_sqlalchemy_database_timeout", 5.0, zero=True),
             **_web_settings(conf),
             **_observability(conf),
+            track_outcomes=_flag(conf, "beat_sqlalchemy_track_outcomes"),
         )
         app._beatsqlalchemy_config = config
         return config
@@ -146,6 +149,8 @@ def _web_settings(conf: Any) -> dict[str, Any]:
         raise ValidationError("beat_sqlalchemy_web_secret", "<hidden>",
                               "must be a string of at least 16 characters")
     return {"web_users": dict(users), "web_secret": secret}
+
+
 # -- heartbeats and metrics --------------------------------------------------------------
 
 def _observability(conf: Any) -> dict[str, Any]:
@@ -171,3 +176,16 @@ def _observability(conf: Any) -> dict[str, Any]:
         "metrics_host": host,
         "metrics_token": token,
     }
+def _flag(conf: Any, key: str) -> bool:
+    """The boolean under ``key`` (False when unset): True, False, or 1, 0, "true", "false"..."""
+    value = conf.get(key)
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValidationError(key, value, "must be true or false")

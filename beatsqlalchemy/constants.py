@@ -28,3 +28,16 @@ BEAT_HEADER = "celery_beat_task"
 OUTAGE_REASON_LENGTH = 255
 #: beats whose heartbeat has not been seen for this long (seconds) are deleted by the others
 BEAT_RETENTION = 86_400.0
+#: what happened to a beat run on the worker (``celery_periodic_task_run.outcome``): started
+#: and not finished yet, or how it ended (``beatsqlalchemy.outcomes`` records them)
+STARTED, SUCCEEDED, FAILED, RETRIED = "started", "succeeded", "failed", "retried"
+REVOKED, EXPIRED, REJECTED, IGNORED, UNKNOWN = "revoked", "expired", "rejected", "ignored", "unknown"
+#: outcomes that end a run badly (they count in ``consecutive_failures``)
+FAILURES = (FAILED, REJECTED, UNKNOWN)
+#: the longest error kept for a run: exception type and first line of its message
+ERROR_LENGTH = 500
+#: the task columns the workers write (outcomes); writers through the api are refused
+OUTCOME_COLUMNS = ("last_outcome", "last_outcome_at", "last_success_at", "consecutive_failures")
+#: ``request`` attribute: the outcome tracker's verdict on whether this is the first start
+#: of the run (``RunOnceTask`` uses it instead of writing the start a second time)
+FIRST_START = "beatsqlalchemy_first_start"

@@ -302,6 +302,14 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+def forget_inherited_engines() -> None:
+    """In a forked process: drop the parent's engines without closing their connections
+    (the parent still uses them); this process opens its own on first use."""
+    with _lock:
+        for key in [key for key in _engines if key[0] != os.getpid()]:
+            _engines.pop(key).dispose(close=False)
+
+
 def dispose_all() -> None:
     """Close every pooled connection of this process (tests and shutdown)."""
     with _lock:

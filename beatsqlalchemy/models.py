@@ -25,6 +25,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -36,6 +37,7 @@ from sqlalchemy import (
     event,
     false,
     select,
+    text,
 )
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import mysql, sqlite
@@ -57,8 +59,10 @@ from .constants import (
     CONFIG_SOURCE,
     DATABASE_SOURCE,
     DESCRIPTION_BYTES,
+    ERROR_LENGTH,
     NAME_LENGTH,
     OUTAGE_REASON_LENGTH,
+    OUTCOME_COLUMNS,
     SCHEDULE_KINDS,
 )
 from .exceptions import ValidationError
@@ -567,6 +571,12 @@ class PeriodicTask(Base):
     #: a random key of this row, part of its run ids (see ``beatsqlalchemy.runids``): a task
     #: re-created under a reused row id never gets the ids of the one deleted
     run_key: Mapped[str] = mapped_column(String(KEY_LENGTH), default=new_key, server_default=random_key())
+    #: how its latest run ended on a worker, when, its latest success, and how many runs in a
+    #: row failed: the workers' own (``beatsqlalchemy.outcomes``), written with the run log
+    last_outcome: Mapped[str | None] = mapped_column(String(16))
+    last_outcome_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
     interval: Mapped[IntervalSchedule | None] = relationship(lazy="joined")
     crontab: Mapped[CrontabSchedule | None] = relationship(lazy="joined")
@@ -620,6 +630,11 @@ class PeriodicTask(Base):
     def _run_key(self, key: str, value: Any) -> None:
         raise ValidationError(key, value, "is beat's own: a random key given to the row when it is "
                               "created, from which its run ids are derived")
+
+    @validates(*OUTCOME_COLUMNS)
+    def _outcome(self, key: str, value: Any) -> None:
+        raise ValidationError(key, value, "is the workers' own: it says how the task's runs ended, "
+                              "recorded by the workers (beat_sqlalchemy_track_outcomes)")
 
     @validates("queue", "exchange", "routing_key")
     def _route(self, key: str, value: Any) -> str | None:
@@ -805,6 +820,15 @@ class PeriodicTaskRun(Base):
     #: when a worker started the run, and which (``beatsqlalchemy.worker.RunOnceTask``)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     started_by: Mapped[str | None] = mapped_column(String(255))
+    #: what the workers recorded (``beatsqlalchemy.outcomes``): the outcome of the latest
+    #: attempt, which worker ran it, when it finished, its runtime in seconds, how many
+    #: retries came before it, and on failure the exception type and first line (never args)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    worker: Mapped[str | None] = mapped_column(String(255))
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    runtime: Mapped[float | None] = mapped_column(Double)
+    retries: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(ERROR_LENGTH))
 
 
 class Deployment(Base):

@@ -621,20 +621,6 @@ class Store:
         with begin_write(self.engine) as connection:
             connection.execute(self._sql.mark_sent_any if token is None else self._sql.mark_sent, params)
 
-    def start(self, task_id: str, worker: str, now: datetime) -> bool:
-        """Record that ``worker`` starts the run ``task_id``; False when another start
-        was recorded first (this copy is a duplicate). A task id the run log does not
-        know (pruned, or not a beat run) may start."""
-        with begin_write(self.engine) as connection:
-            started = connection.execute(
-                update(RUNS).where(RUNS.c.task_id == task_id, RUNS.c.started_at.is_(None))
-                .values(started_at=now, started_by=worker)
-            )
-            if started.rowcount:
-                return True
-            return connection.scalar(select(func.count()).select_from(RUNS).where(
-                RUNS.c.task_id == task_id, RUNS.c.started_at.is_not(None))) == 0
-
     def prune(self, before: datetime, limit: int) -> int:
         """Delete up to ``limit`` run-log rows claimed before ``before``; returns how many."""
         with begin_write(self.engine) as connection:

@@ -19,16 +19,18 @@ from celery.exceptions import Ignore
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import runlog
 from . import schedules as sched
 from .config import BeatConfig
-from .constants import BEAT_HEADER
+from .constants import BEAT_HEADER, FIRST_START
 from .db import database_error, get_engine
-from .store import Store
 
 __all__ = [
     "RunOnceTask",
     "first_start",
+    "from_beat",
     "is_first_delivery",
+    "worker_engine",
 ]
 
 
@@ -38,22 +40,33 @@ logger = logging.getLogger(__name__)
 def first_start(engine: Engine, task_id: str, worker: str) -> bool:
     """Whether this is the first start of the beat run ``task_id`` (recorded as such). If
     the database cannot say, the run goes ahead: a duplicate beats a lost run."""
-    store = Store(engine, worker)
     try:
-        return store.start(task_id, worker, sched.utcnow())
+        return runlog.start(engine, task_id, worker, sched.utcnow())
     except SQLAlchemyError as exc:
         logger.warning("beatsqlalchemy: could not check whether run %s started already (%s); "
                        "running it", task_id, database_error(exc))
         return True
 
 
+def from_beat(request: Any) -> bool:
+    """Whether the message of ``request`` carries beat's header (a run beat or run-now sent)."""
+    headers = getattr(request, "headers", None) or {}
+    return bool(getattr(request, BEAT_HEADER, None) or headers.get(BEAT_HEADER))
+
+
 def is_first_delivery(request: Any) -> bool:
     """A beat run delivered for the first time: not a retry, not a broker redelivery
     (which the worker that took it first did not finish), not a call from elsewhere."""
-    headers = getattr(request, "headers", None) or {}
-    from_beat = getattr(request, BEAT_HEADER, None) or headers.get(BEAT_HEADER)
     redelivered = (getattr(request, "delivery_info", None) or {}).get("redelivered")
-    return bool(from_beat) and not request.retries and not redelivered
+    return from_beat(request) and not request.retries and not redelivered
+
+
+def worker_engine(app: Any) -> Engine:
+    """The engine a worker records beat runs with: every wait bounded by
+    ``beat_sqlalchemy_database_timeout``, so a database out of reach never holds a task up
+    for longer."""
+    config = BeatConfig.from_app(app)
+    return get_engine(config.url, config.engine_options, answer_timeout=config.database_timeout or None)
 
 
 class RunOnceTask(Task):
@@ -64,10 +77,10 @@ class RunOnceTask(Task):
         request = self.request
         if not is_first_delivery(request):
             return
-        config = BeatConfig.from_app(self.app)
-        engine = get_engine(config.url, config.engine_options,
-                            answer_timeout=config.database_timeout or None)
-        if not first_start(engine, task_id, request.hostname or "worker"):
+        first = getattr(request, FIRST_START, None)  # recorded already by the outcome tracker
+        if first is None:
+            first = first_start(worker_engine(self.app), task_id, request.hostname or "worker")
+        if not first:
             logger.warning("beatsqlalchemy: dropping a second copy of beat run %s (%s): "
                            "a worker started it already", task_id, self.name)
             raise Ignore()

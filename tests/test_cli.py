@@ -170,13 +170,13 @@ def test_list_table_and_json(url: str, engine: Engine) -> None:
         api.save_task(session, "from-config", task="tasks.cfg", schedule=timedelta(hours=2), source="config")
     lines = ok(cli("--url", url, "list")).splitlines()
     assert lines[0].split() == ["NAME", "TASK", "SCHEDULE", "ENABLED", "LAST", "RUN", "(UTC)", "NEXT",
-                                "RUN", "(UTC)", "RUNS", "SOURCE"]
+                                "RUN", "(UTC)", "RUNS", "SOURCE", "LAST", "OUTCOME"]
     rows = {line.split()[0]: line for line in lines[1:]}
     assert list(rows) == ["cleanup", "from-config", "heartbeat", "report"], "sorted by name"
     assert "every 30 seconds" in rows["heartbeat"] and " yes " in rows["heartbeat"]
     assert "at 07:30 on Monday (Europe/Berlin)" in rows["report"]
-    assert rows["cleanup"].split()[-5:] == ["no", "-", "-", "0", "database"]
-    assert rows["from-config"].rstrip().endswith("config")
+    assert rows["cleanup"].split()[-6:] == ["no", "-", "-", "0", "database", "-"]
+    assert rows["from-config"].split()[-2:] == ["config", "-"]
     heartbeat = stored(engine, "heartbeat")
     assert heartbeat is not None and heartbeat.next_run_at is not None
     assert heartbeat.next_run_at.strftime("%Y-%m-%d %H:%M:%S") in rows["heartbeat"]
