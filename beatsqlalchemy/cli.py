@@ -885,8 +885,8 @@ def web(obj: Context, host: str, port: int) -> None:
         raise InputError("web: set beat_sqlalchemy_web_users (hashes from `beatsqlalchemy web-password`) "
                          "and beat_sqlalchemy_web_secret in the app's configuration first; "
                          "the console serves no page without a login")
-    if not _loopback(host) and not config.web_users:  # pragma: no cover (refused above)
-        raise InputError(f"host: invalid value {host!r}: listening beyond this machine needs users")
+    if not _loopback(host):  # allowed: it has users (refused above without)
+        click.echo(f"web: listening on {host}, beyond this machine: serve it behind HTTPS", err=True)
     console = _web_app_module().create_app(app)
     uvicorn = importlib.import_module("uvicorn")
     click.echo(f"web console on http://{host}:{port}/ for database {obj.url_shown}", err=True)

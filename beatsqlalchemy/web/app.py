@@ -49,6 +49,7 @@ async def error_page(request: Request, exc: Exception) -> Response:
 def create_app(
     app_or_url: Celery | str, *, users: Mapping[str, str] | None = None, secret: str | None = None,
     authenticate: Authenticate | None = None, engine_options: dict[str, Any] | None = None,
+    https_only: bool = False,
 ) -> Starlette:
     """The console on a Celery app's database (run-now sends through its broker) or on a
     database URL (run-now is then unavailable).
@@ -57,7 +58,8 @@ def create_app(
     the session cookie) default to the app's ``beat_sqlalchemy_web_users`` and
     ``beat_sqlalchemy_web_secret``. A host application may pass ``authenticate`` instead
     of users: called with each request, it returns the user's name, or None to refuse it.
-    The secret is always required (it also keys each session's CSRF token)."""
+    The secret is always required (it also keys each session's CSRF token). Behind HTTPS,
+    ``https_only`` marks the session cookie ``Secure``."""
     config = BeatConfig.from_app(app_or_url) if isinstance(app_or_url, Celery) else None
     if config is not None:
         engine = engine_for(app_or_url)  # type: ignore[arg-type]
@@ -95,7 +97,7 @@ def create_app(
     middleware = [
         Middleware(SecurityHeaders),
         Middleware(SessionMiddleware, secret_key=secret, session_cookie=SESSION_COOKIE,
-                   max_age=SESSION_MAX_AGE, same_site="strict", https_only=False),
+                   max_age=SESSION_MAX_AGE, same_site="strict", https_only=https_only),
         Middleware(Gate, authenticate=authenticate),
     ]
     web = Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: error_page})

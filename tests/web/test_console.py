@@ -223,7 +223,7 @@ def test_disable_in_the_browser_stops_a_running_beat_within_a_second(
     name = unique("tick")
     save(console, name, task="e2e.record", schedule=timedelta(seconds=1), args=["tick"], queue=cluster.queue)
     with QueueReader(console.broker_url, cluster.queue) as reader:
-        cluster.beat()
+        beat = cluster.beat()
         reader.wait(2, timeout=15, what="runs of the task before it is disabled")
         page.goto(f"/task?name={name}")
         page.click("[data-test=disable]")
@@ -232,6 +232,7 @@ def test_disable_in_the_browser_stops_a_running_beat_within_a_second(
         time.sleep(2.5)
         late = reader.received(since=disabled_at + 1.0)
     assert late == [], f"beat still sent {len(late)} run(s) more than a second after the disable"
+    assert beat.alive() and "Traceback" not in beat.log()  # the console's write never broke beat
     task = stored(console.engine, name)
     assert task is not None and not task.enabled
 
