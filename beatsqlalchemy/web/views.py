@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from .. import api, describe, listing
+from .. import api, checks, describe, health, listing
 from ..constants import CONFIG_SOURCE, SCHEDULE_KINDS
 from ..db import database_error, redact, session_factory
 from ..exceptions import TaskNotFound, ValidationError
@@ -49,6 +49,7 @@ class Console:
     templates: Jinja2Templates
     database: str
     misfire_grace: float = 60.0
+    claim_timeout: float = 30.0
 
     def read(self, work: Callable[[Session], T]) -> T:
         """``work`` in a new session, in this (worker) thread."""
@@ -226,6 +227,27 @@ async def cron_preview(request: Request) -> Response:
         "runs": [{"utc": utc.strftime("%Y-%m-%d %H:%M UTC"), "local": local.strftime("%Y-%m-%d %H:%M %Z")}
                  for utc, local in preview.runs],
     })
+
+
+async def health_check(request: Request) -> Response:
+    """The status as JSON (``healthy``, ``problems``, ``status``): 200 when healthy, 503
+    otherwise or when the database fails; the thresholds of ``beatsqlalchemy health`` from
+    the query string (``?min_beats=2&max_failing=0``), 400 when one is bad."""
+    console = console_of(request)
+    try:
+        thresholds = checks.Thresholds.from_query(request.query_params)
+        options = checks.status_options(request.query_params)
+    except ValidationError as exc:
+        return JSONResponse({"error": str(exc)}, 400)
+    try:
+        status = await in_thread(request, lambda s: api.status(
+            s, max_age=options.get("max_age", health.MAX_AGE), grace=options.get("grace", health.GRACE),
+            claim_timeout=console.claim_timeout))
+    except HTTPException as exc:
+        return JSONResponse({"healthy": False, "problems": [exc.detail]}, 503)
+    problems = checks.problems(status, thresholds)
+    body = {"healthy": not problems, "problems": problems, "status": checks.status_to_dict(status)}
+    return JSONResponse(body, 503 if problems else 200)
 
 
 # -- writing --------------------------------------------------------------------------------------
