@@ -83,7 +83,6 @@ def create_app(
         engine=engine, celery_app=app_or_url if isinstance(app_or_url, Celery) else None,
         users=Users(users) if users and authenticate is None else None, templates=templates(),
         database=redact(engine.url.render_as_string(hide_password=False)),
-        misfire_grace=config.misfire_grace if config is not None else 60.0,
         claim_timeout=config.claim_timeout if config is not None else 30.0,
     )
     routes = [

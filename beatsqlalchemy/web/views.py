@@ -48,7 +48,6 @@ class Console:
     users: Users | None
     templates: Jinja2Templates
     database: str
-    misfire_grace: float = 60.0
     claim_timeout: float = 30.0
 
     def read(self, work: Callable[[Session], T]) -> T:
@@ -143,22 +142,34 @@ class Row:
     total_runs: int
     source: str
     one_off: bool
+    #: what the workers recorded (``beat_sqlalchemy_track_outcomes``): how its latest run
+    #: ended and when, its latest success, how many runs in a row failed
+    last_outcome: str | None = None
+    last_outcome_at: datetime | None = None
+    last_success_at: datetime | None = None
+    failures: int = 0
+
+
+def _moment(value: Any) -> datetime | None:
+    return value if isinstance(value, datetime) else None  # an unreadable stored value: none
 
 
 def row(task: PeriodicTask) -> Row:
     next_run, error = api.next_run_or_error(task)
-    last = task.last_run_at if isinstance(task.last_run_at, datetime) else None
     return Row(task.name, task.task, describe.task(task), getattr(task.schedule_row, "kind", "-"),
-               bool(task.enabled), next_run, error, last, task.total_run_count,
-               task.source or api.DATABASE_SOURCE, bool(task.one_off))
+               bool(task.enabled), next_run, error, _moment(task.last_run_at), task.total_run_count,
+               task.source or api.DATABASE_SOURCE, bool(task.one_off), task.last_outcome,
+               _moment(task.last_outcome_at), _moment(task.last_success_at), task.consecutive_failures or 0)
 
 
 async def overview(request: Request) -> Response:
-    grace = console_of(request).misfire_grace
+    claim_timeout = console_of(request).claim_timeout
 
     def work(session: Session) -> dict[str, Any]:
-        summary = listing.overview(session, grace=grace)
+        summary = listing.overview(session)
         return {"summary": summary, "upcoming": [row(t) for t in summary.upcoming],
+                "status": api.status(session, claim_timeout=claim_timeout),
+                "failing": api.failing_tasks(session, limit=listing.BROKEN_SHOWN),
                 "estimate": listing.estimated_task_count(session)}
 
     return render(request, "overview.html", **await in_thread(request, work))
