@@ -38,6 +38,7 @@ def templates() -> Jinja2Templates:
                       autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
     env.filters["when"] = views.when
     env.filters["relative"] = views.relative
+    env.filters["clock"] = views.clock
     return Jinja2Templates(env=env)
 
 

@@ -168,7 +168,7 @@ async def overview(request: Request) -> Response:
     def work(session: Session) -> dict[str, Any]:
         summary = listing.overview(session)
         return {"summary": summary, "upcoming": [row(t) for t in summary.upcoming],
-                "status": api.status(session, claim_timeout=claim_timeout),
+                "health": api.status(session, claim_timeout=claim_timeout),
                 "failing": api.failing_tasks(session, limit=listing.BROKEN_SHOWN),
                 "estimate": listing.estimated_task_count(session)}
 
@@ -389,6 +389,15 @@ def when(moment: datetime | None) -> str:
     if not isinstance(moment, datetime):
         return "—"
     return as_utc(moment).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def clock(moment: datetime | None, day: datetime | None = None) -> str:
+    """``HH:MM:SS`` when on the same UTC day as ``day`` (a run's slot), else as ``when``."""
+    if isinstance(moment, datetime) and isinstance(day, datetime):
+        moment = as_utc(moment)
+        if moment.date() == as_utc(day).date():
+            return moment.strftime("%H:%M:%S")
+    return when(moment)
 
 
 def relative(moment: datetime | None) -> str:
