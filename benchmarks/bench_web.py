@@ -1,8 +1,9 @@
 """Benchmark the web console's task list on PostgreSQL: the time a real ``beatsqlalchemy
 web`` process takes to answer (a request from 127.0.0.1, logged in) with N tasks in the
 database, for the first page, a deep page (a cursor 90 % down the table), a name search, a
-task search and filters; medians of ``--repeats`` requests after one warm-up, printed as a
-markdown table, with the console process's memory (VmRSS, VmHWM) at the end.
+task search, filters, the overview and ``GET /health``; medians of ``--repeats`` requests
+after one warm-up, printed as a markdown table, with the console process's memory (VmRSS,
+VmHWM) at the end.
 
 Usage (from the repository root; ``pip install -e '.[web,postgresql]'``)::
 
@@ -10,8 +11,9 @@ Usage (from the repository root; ``pip install -e '.[web,postgresql]'``)::
 
 The tasks are written with one ``INSERT ... SELECT generate_series`` (75 % interval,
 25 % crontab, one in ten disabled, one in a thousand from the configuration, one in ten
-thousand broken, next runs spread over the coming days). No ``ANALYZE`` is run unless
-``--analyze``: the queries must be fast without planner statistics (autovacuum may be off).
+thousand broken, one in ten thousand failing, next runs spread over the coming days). No
+``ANALYZE`` is run unless ``--analyze``: the queries must be fast without planner statistics
+(autovacuum may be off).
 The database, ``BEAT_BENCH_DB`` (default ``bsa_bench_web``) on ``BEAT_BENCH_POSTGRESQL_URL``,
 is dropped and recreated for every N.
 """
@@ -51,13 +53,15 @@ DATABASE = os.environ.get("BEAT_BENCH_DB", "bsa_bench_web")
 BAR_MS = 150.0
 FILL = """
 INSERT INTO celery_periodic_task (name, task, interval_id, crontab_id, args, kwargs, headers, one_off,
-    enabled, total_run_count, description, next_run_at, source, schedule_error, date_changed)
+    enabled, total_run_count, description, next_run_at, source, schedule_error, date_changed,
+    consecutive_failures)
 SELECT 'task-' || lpad(i::text, 7, '0'), 'bench.task_' || lpad((i % 100)::text, 2, '0'),
     CASE WHEN i % 4 <> 0 THEN :interval_id END, CASE WHEN i % 4 = 0 THEN :crontab_id END,
     '[]', '{}', '{}', false, i % 10 <> 0, 0, '',
     CASE WHEN i % 10 <> 0 THEN now() + ((i::bigint * 7919) % 604800) * interval '1 second' END,
     CASE WHEN i % 1000 = 0 THEN 'config' END,
-    CASE WHEN i % 10000 = 5 THEN 'kwargs: invalid value: must be a JSON object' END, now()
+    CASE WHEN i % 10000 = 5 THEN 'kwargs: invalid value: must be a JSON object' END, now(),
+    CASE WHEN i % 10000 = 7 THEN 3 ELSE 0 END
 FROM generate_series(1, :count) AS i
 """
 
@@ -105,6 +109,8 @@ class Client:
             with self.opener.open(self.base + path) as answer:
                 return str(answer.read().decode())
         except urllib.error.HTTPError as exc:
+            if exc.code == 503 and path.startswith("/health"):  # unhealthy is an answer too
+                return str(exc.read().decode())
             found = re.search(r'class="flash error"[^>]*>([^<]*)', exc.read().decode())
             reason = html.unescape(found.group(1)) if found else ""
             raise SystemExit(f"GET {path}: {exc.code} {reason}") from None
@@ -131,6 +137,8 @@ def cases(cursor: str) -> dict[str, str]:
         "filter: crontab": "/tasks?kind=crontab",
         "filter: source config": "/tasks?source=config",
         "filter: broken": "/tasks?broken=true",
+        "overview (status, failing tasks)": "/",
+        "GET /health": "/health",
     }
 
 
