@@ -322,7 +322,7 @@ def test_a_failed_heartbeat_is_logged_once_and_never_fails_beat(
 
     for _ in range(3):
         beat.heartbeat._next = 0.0
-        beat.heartbeat.beat(beat._db.submit, refused)
+        beat.heartbeat.beat(beat._db.submit, refused, beat._db.inline)
         beat.heartbeat.close()
     assert beat.tick() >= 0
     lines = [r.getMessage() for r in caplog.records if "could not record its heartbeat" in r.getMessage()]
