@@ -325,12 +325,7 @@ def failing_tasks(session: Session, min_failures: int = 1, limit: int = 100) -> 
     Reads only (the caller's transaction stays open)."""
     min_failures = as_int("min_failures", min_failures, 1, sched.INT32_MAX) or 1
     limit = as_int("limit", limit, 1, sched.INT32_MAX) or 1
-    return list(session.scalars(
-        select(PeriodicTask).where(PeriodicTask.consecutive_failures >= min_failures)
-        .order_by(PeriodicTask.consecutive_failures.desc(), PeriodicTask.last_outcome_at.desc(),
-                  PeriodicTask.name)
-        .limit(limit)
-    ))
+    return list(session.scalars(health.failing_query(PeriodicTask, min_failures).limit(limit)))
 
 
 #: the columns of a run-log row ``run_to_dict`` gives, in order

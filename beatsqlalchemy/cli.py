@@ -7,7 +7,6 @@ does not exist exits 1; so does a database or broker error. Never a traceback.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib
 import ipaddress
@@ -25,7 +24,7 @@ import click
 from celery.app.utils import find_app
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import api, describe, health, migrate
+from . import api, checks, describe, health, migrate
 from .config import DEFAULT_URL, URL_ALIASES, URL_ENV, BeatConfig, resolve_url
 from .converters import parse_duration as parse_duration  # re-exported: the tests' name
 from .db import database_error, get_engine, redact, session_factory
@@ -960,41 +959,13 @@ def _read_status(obj: Context, max_age: float, grace: float, claim_timeout: floa
     return found[0]
 
 
-def _ago(status: health.Status, moment: datetime | None) -> str:
-    if not isinstance(moment, datetime):
-        return "-"
-    return f"{_when(moment)} ({max((status.checked_at - moment).total_seconds(), 0):.0f}s ago)"
-
-
-def _finding(label: str, capped: health.Capped) -> str:
-    names = ", ".join(repr(n) for n in capped.names)
-    shown = f": {names}{', ...' if capped.count > len(capped.names) else ''}" if capped.names else ""
-    return f"{label}: {capped}{shown}"
-
-
 def _outage(beat: health.BeatInfo, status: health.Status) -> str:
     if beat.outage_since is None:
         return ""
     if beat.outage_ended is None:
-        return f"; database outage since {_ago(status, beat.outage_since)}: {beat.outage_reason}"
+        return f"; database outage since {checks.ago(status, beat.outage_since)}: {beat.outage_reason}"
     seconds = (beat.outage_ended - beat.outage_since).total_seconds()
     return f"; last outage {_when(beat.outage_since)}, {seconds:.0f}s: {beat.outage_reason}"
-
-
-def _status_json(status: health.Status) -> dict[str, Any]:
-    def plain(value: Any) -> Any:
-        if isinstance(value, datetime):
-            return value.isoformat()
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [plain(v) for v in value]
-        return value
-
-    data: dict[str, Any] = plain(dataclasses.asdict(status))
-    for beat in data["beats"]:
-        beat["state"] = "alive" if beat.pop("alive") else "gone"
-    return data
 
 
 @command("status")
@@ -1013,7 +984,7 @@ def status_(obj: Context, max_age: float, grace: float, claim_timeout: float | N
     """
     status = _read_status(obj, max_age, grace, claim_timeout, timeout)
     if as_json:
-        _echo_json(_status_json(status))
+        _echo_json(checks.status_to_dict(status))
         return
     click.echo(f"beats: {len(status.alive)} alive, {len(status.gone)} gone "
                f"(alive: seen within {status.max_age:g}s)")
@@ -1021,11 +992,11 @@ def status_(obj: Context, max_age: float, grace: float, claim_timeout: float | N
         state = "alive" if beat.alive else "gone "
         click.echo(f"  {state}  {beat.identity}  host {beat.host} pid {beat.pid}  "
                    f"v{beat.version}  started {_when(beat.started_at)}  last seen "
-                   f"{_ago(status, beat.last_seen)}  runs sent {beat.runs_sent}{_outage(beat, status)}")
-    click.echo(_finding(f"overdue (enabled, due more than {status.grace:g}s ago)", status.overdue))
-    click.echo(_finding(f"unconfirmed claims (older than {status.claim_timeout:g}s)", status.unconfirmed))
-    click.echo(_finding("broken (enabled, cannot be scheduled)", status.broken))
-    click.echo(_finding("failing", status.failing))
+                   f"{checks.ago(status, beat.last_seen)}  runs sent {beat.runs_sent}{_outage(beat, status)}")
+    click.echo(checks.finding(checks.overdue_label(status), status.overdue))
+    click.echo(checks.finding(checks.unconfirmed_label(status), status.unconfirmed))
+    click.echo(checks.finding(checks.BROKEN_LABEL, status.broken))
+    click.echo(checks.finding(checks.FAILING_LABEL, status.failing))
 
 
 def _pid_file_beat(status: health.Status, path: str) -> tuple[str, health.BeatInfo | None]:
@@ -1040,46 +1011,6 @@ def _pid_file_beat(status: health.Status, path: str) -> tuple[str, health.BeatIn
     return f"beat of {path} (host {host}, pid {pid})", max(mine, key=lambda b: b.last_seen, default=None)
 
 
-def _beat_problems(status: health.Status, this_beat: str | None, pid_file: str | None,
-                   beat_only: bool) -> list[str]:
-    """The beat of --this-beat or --pid-file not alive; a beat alive but in an outage (with
-    ``beat_only``, that beat only)."""
-    problems: list[str] = []
-    wanted: list[tuple[str, health.BeatInfo | None]] = []
-    if this_beat is not None:
-        wanted.append((f"beat {this_beat}", next((b for b in status.beats if b.identity == this_beat), None)))
-    if pid_file is not None:
-        wanted.append(_pid_file_beat(status, pid_file))
-    for label, beat in wanted:
-        if beat is None:
-            problems.append(f"{label}: no heartbeat recorded")
-        elif not beat.alive:
-            problems.append(f"{label}: last seen {beat.age:.0f}s ago (more than {status.max_age:g}s)")
-    checked = [b for _, b in wanted if b is not None] if beat_only else status.alive
-    for beat in checked:
-        if beat.alive and beat.in_outage:
-            problems.append(f"beat {beat.identity}: database outage since {_ago(status, beat.outage_since)}: "
-                            f"{beat.outage_reason}")
-    return problems
-
-
-def _schedule_problems(status: health.Status, min_beats: int, max_overdue: int, max_unconfirmed: int,
-                       max_broken: int | None) -> list[str]:
-    """Too few beats alive; too many tasks overdue, claims unconfirmed, tasks broken."""
-    problems: list[str] = []
-    if len(status.alive) < min_beats:
-        problems.append(f"beats: {len(status.alive)} alive, at least {min_beats} wanted (alive: a heartbeat "
-                        f"within {status.max_age:g}s; {len(status.gone)} gone)")
-    for label, capped, most in (
-        (f"overdue (enabled, due more than {status.grace:g}s ago)", status.overdue, max_overdue),
-        (f"unconfirmed claims (older than {status.claim_timeout:g}s)", status.unconfirmed, max_unconfirmed),
-        ("broken (enabled, cannot be scheduled)", status.broken, max_broken),
-    ):
-        if most is not None and (capped.more or capped.count > most):
-            problems.append(f"{_finding(label, capped)} (more than {most})")
-    return problems
-
-
 @command("health")
 @_status_options
 @click.option("--min-beats", type=int, default=1, show_default=True, help="Fewer beats alive is a problem.")
@@ -1088,6 +1019,8 @@ def _schedule_problems(status: health.Status, min_beats: int, max_overdue: int, 
 @click.option("--max-unconfirmed", type=int, default=0, show_default=True,
               help="More claims unconfirmed past the claim timeout is a problem.")
 @click.option("--max-broken", type=int, help="More broken tasks is a problem (default: not checked).")
+@click.option("--max-failing", type=int, help="More failing tasks (their latest run failed on a worker) is a "
+              "problem (default: not checked; needs beat_sqlalchemy_track_outcomes on the workers).")
 @click.option("--this-beat", metavar="IDENTITY", help="This beat (beat_sqlalchemy_identity) must be alive.")
 @click.option("--pid-file", metavar="PATH", help="The beat of this host whose pid is in PATH (celery beat "
               "--pidfile) must be alive.")
@@ -1096,7 +1029,7 @@ def _schedule_problems(status: health.Status, min_beats: int, max_overdue: int, 
 @pass_context
 def health_(obj: Context, max_age: float, grace: float, claim_timeout: float | None, timeout: float | None,
             min_beats: int, max_overdue: int, max_unconfirmed: int, max_broken: int | None,
-            this_beat: str | None, pid_file: str | None, beat_only: bool) -> None:
+            max_failing: int | None, this_beat: str | None, pid_file: str | None, beat_only: bool) -> None:
     """Exit 0 when healthy; otherwise print one line per problem and exit 1 (for
     Kubernetes probes and cron monitors). A database that does not answer within
     --timeout is a problem too.
@@ -1109,10 +1042,11 @@ def health_(obj: Context, max_age: float, grace: float, claim_timeout: float | N
     """
     if beat_only and this_beat is None and pid_file is None:
         raise InputError("beat-only: needs --this-beat or --pid-file (see 'health --help')")
+    thresholds = checks.Thresholds(
+        min_beats=min_beats, max_overdue=max_overdue, max_unconfirmed=max_unconfirmed, max_broken=max_broken,
+        max_failing=max_failing, this_beat=this_beat, beat_only=beat_only)
     status = _read_status(obj, max_age, grace, claim_timeout, timeout)
-    problems = [] if beat_only else _schedule_problems(status, min_beats, max_overdue, max_unconfirmed,
-                                                       max_broken)
-    problems += _beat_problems(status, this_beat, pid_file, beat_only)
+    problems = checks.problems(status, thresholds, [_pid_file_beat(status, pid_file)] if pid_file else [])
     if problems:
         for line in problems:
             click.echo(line)

@@ -82,6 +82,8 @@ class BeatConfig:
     metrics_token: str | None = field(default=None, repr=False)
     #: workers: record each beat run's outcome in the run log (``beatsqlalchemy.outcomes``)
     track_outcomes: bool = False
+    #: the bearer token of the web console's ``GET /health`` (None: a logged-in session only)
+    web_health_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_app(cls, app: Any) -> BeatConfig:
@@ -115,6 +117,7 @@ class BeatConfig:
             **_web_settings(conf),
             **_observability(conf),
             track_outcomes=_flag(conf, "beat_sqlalchemy_track_outcomes"),
+            web_health_token=web_health_token(conf.get("beat_sqlalchemy_web_health_token")),
         )
         app._beatsqlalchemy_config = config
         return config
@@ -189,3 +192,17 @@ def _flag(conf: Any, key: str) -> bool:
     if text in ("0", "false", "no", "off", ""):
         return False
     raise ValidationError(key, value, "must be true or false")
+
+
+# -- the web console's health endpoint -------------------------------------------------------
+
+#: a health token is at least this long (it is compared in constant time, never logged)
+HEALTH_TOKEN_LENGTH = 16
+
+
+def web_health_token(token: Any) -> str | None:
+    """``beat_sqlalchemy_web_health_token``: None, or a string of at least 16 characters."""
+    if token is not None and (not isinstance(token, str) or len(token.strip()) < HEALTH_TOKEN_LENGTH):
+        raise ValidationError("beat_sqlalchemy_web_health_token", "<hidden>",
+                              f"must be a string of at least {HEALTH_TOKEN_LENGTH} characters")
+    return token

@@ -143,11 +143,24 @@ def beats(connection: Connection, max_age: float, now: datetime) -> list[BeatInf
     return found
 
 
-def failing_tasks(connection: Connection) -> Capped:
-    """Tasks whose recent runs failed (consecutive failures recorded by the workers).
+def failing_query(columns: Any, min_failures: int = 1) -> Any:
+    """``columns`` of the tasks whose latest ``min_failures`` runs or more all failed on the
+    workers (``api.failing_tasks`` reads it too), in ``failing_order()``."""
+    tasks = PeriodicTask.__table__.c
+    return select(columns).where(tasks.consecutive_failures >= min_failures).order_by(*failing_order())
 
-    Empty until the workers record run outcomes in the database: the hook those fill."""
-    return Capped()
+
+def failing_order() -> tuple[Any, ...]:
+    """Most failures first, then the most recent."""
+    tasks = PeriodicTask.__table__.c
+    return tasks.consecutive_failures.desc(), tasks.last_outcome_at.desc(), tasks.name
+
+
+def failing_tasks(connection: Connection) -> Capped:
+    """Tasks whose latest run failed on the workers (one failure in a row or more, as the
+    workers with ``beat_sqlalchemy_track_outcomes`` record them)."""
+    query = failing_query(PeriodicTask.__table__.c.name).order_by(None)
+    return _capped(connection, query, *failing_order())
 
 
 def seconds(name: str, value: Any) -> float:
@@ -157,12 +170,12 @@ def seconds(name: str, value: Any) -> float:
     return float(value)
 
 
-def _capped(connection: Connection, query: Any, order: Any) -> Capped:
+def _capped(connection: Connection, query: Any, *order: Any) -> Capped:
     """How many rows ``query`` (one name column) has, up to ``COUNT_CAP`` (one more is
     read to know there are more), and the first ``NAMES_SHOWN`` names by ``order``."""
     limited = query.limit(COUNT_CAP + 1).subquery()
     count = int(connection.execute(select(func.count()).select_from(limited)).scalar_one())
     if not count:
         return Capped()
-    names = [str(name) for name in connection.scalars(query.order_by(order).limit(NAMES_SHOWN))]
+    names = [str(name) for name in connection.scalars(query.order_by(*order).limit(NAMES_SHOWN))]
     return Capped(min(count, COUNT_CAP), count > COUNT_CAP, names)

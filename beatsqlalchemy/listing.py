@@ -235,32 +235,23 @@ def estimated_task_count(session: Session) -> int | None:
     return int(value) if value is not None and value >= 0 else None
 
 
+#: broken rows the overview lists (with their reasons)
+BROKEN_SHOWN = 20
+
+
 # -- what beat did lately ---------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Overview:
-    """The console's first page."""
+    """The console's first page, besides the status (``api.status``: beats, overdue,
+    unconfirmed) and the failing tasks (``api.failing_tasks``)."""
 
-    senders: list[tuple[str, datetime, int]]
     sent_hour: int
     sent_day: int
     skipped_day: int
     abandoned_day: int
-    late: int
     broken: list[tuple[str, str]]
     upcoming: list[PeriodicTask]
-    #: how many ``late`` and ``broken`` count at most (the counts stop there)
-    cap: int = 1000
-
-
-def recent_senders(session: Session, now: datetime, within: timedelta = timedelta(hours=1),
-                   ) -> list[tuple[str, datetime, int]]:
-    """Who sent runs within ``within`` (beats, and run-now from the console or the command
-    line), with their last send and how many: from the run log."""
-    query = (select(PeriodicTaskRun.sent_by, func.max(PeriodicTaskRun.claimed_at), func.count())
-             .where(PeriodicTaskRun.claimed_at >= now - within, PeriodicTaskRun.state == SENT)
-             .group_by(PeriodicTaskRun.sent_by).order_by(func.max(PeriodicTaskRun.claimed_at).desc()))
-    return [(str(who), sched.as_utc(when), int(count)) for who, when, count in session.execute(query)]
 
 
 def _runs_since(session: Session, state: str, since: datetime) -> int:
@@ -269,32 +260,22 @@ def _runs_since(session: Session, state: str, since: datetime) -> int:
     return int(session.scalar(query) or 0)
 
 
-def _capped_count(session: Session, condition: ColumnElement[bool], cap: int) -> int:
-    """How many tasks match, counting at most ``cap`` (a bounded index walk)."""
-    inner = select(PeriodicTask.id).where(condition).limit(cap).subquery()
-    return int(session.scalar(select(func.count()).select_from(inner)) or 0)
-
-
-def overview(session: Session, now: datetime | None = None, grace: float = 60.0,
-             upcoming_count: int = 20, cap: int = 1000) -> Overview:
-    """Senders of the last hour, runs sent in the last hour and day, runs skipped and
-    abandoned in the last day, enabled tasks late by more than ``grace`` seconds, broken
-    rows with beat's reason, and the next ``upcoming_count`` runs across all tasks."""
+def overview(session: Session, now: datetime | None = None, upcoming_count: int = 20) -> Overview:
+    """Runs sent in the last hour and day, runs skipped and abandoned in the last day,
+    broken rows with beat's reason, and the next ``upcoming_count`` runs across all tasks."""
     now = sched.as_utc(now or sched.utcnow())
     hour, day = now - timedelta(hours=1), now - timedelta(days=1)
-    late = and_(PeriodicTask.enabled == true(), PeriodicTask.next_run_at < now - timedelta(seconds=grace))
     broken = session.execute(
         select(PeriodicTask.name, PeriodicTask.schedule_error)
-        .where(PeriodicTask.schedule_error.is_not(None)).order_by(PeriodicTask.name).limit(20)
+        .where(PeriodicTask.schedule_error.is_not(None)).order_by(PeriodicTask.name).limit(BROKEN_SHOWN)
     ).all()
     upcoming = _fetch(session, select(PeriodicTask).where(
         PeriodicTask.enabled == true(), PeriodicTask.next_run_at.is_not(None),
     ).order_by(PeriodicTask.next_run_at, PeriodicTask.id), upcoming_count)
     return Overview(
-        senders=recent_senders(session, now), sent_hour=_runs_since(session, SENT, hour),
-        sent_day=_runs_since(session, SENT, day), skipped_day=_runs_since(session, SKIPPED, day),
-        abandoned_day=_runs_since(session, ABANDONED, day), late=_capped_count(session, late, cap),
-        broken=[(str(name), str(error)) for name, error in broken], upcoming=upcoming, cap=cap,
+        sent_hour=_runs_since(session, SENT, hour), sent_day=_runs_since(session, SENT, day),
+        skipped_day=_runs_since(session, SKIPPED, day), abandoned_day=_runs_since(session, ABANDONED, day),
+        broken=[(str(name), str(error)) for name, error in broken], upcoming=upcoming,
     )
 
 

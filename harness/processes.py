@@ -72,6 +72,30 @@ def record(self, tag, *args, **kwargs):
 ''')
 
 
+#: the e2e app, tracking outcomes (its one setting; nothing of ours imported), with a task
+#: that fails and one that succeeds on its retry
+OUTCOMES_APP = APP_MODULE.replace(
+    "    broker_connection_retry_on_startup=True,\n",
+    "    broker_connection_retry_on_startup=True,\n    beat_sqlalchemy_track_outcomes=True,\n",
+) + '''
+
+@app.task(name="e2e.fail")
+def fail(tag):
+    """Fails every time, with a message longer than any error the run log keeps."""
+    record(tag)
+    raise KeyError("no such account " + "x" * 2000)
+
+
+@app.task(bind=True, name="e2e.flaky", max_retries=3)
+def flaky(self, tag):
+    """Fails its first attempt (and asks for a retry), then succeeds."""
+    record(tag)
+    if not self.request.retries:
+        raise self.retry(exc=ConnectionError("the mail server said later"), countdown=0.2)
+    return "ok"
+'''
+
+
 T = TypeVar("T")
 
 

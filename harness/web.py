@@ -22,6 +22,7 @@ WEB_APP_MODULE = app_module(
     "The Celery app the web console's tests serve.", "WEB", imports=("json",), settings=(
         '    beat_sqlalchemy_web_users=json.loads(os.environ["WEB_USERS"]),\n'
         '    beat_sqlalchemy_web_secret=os.environ["WEB_SECRET"],\n'
+        '    beat_sqlalchemy_web_health_token=os.environ["WEB_HEALTH_TOKEN"],\n'
         f"    beat_schedule={{{CONFIG_TASK!r}: {CONFIG_ENTRY!r}}},\n"
     ))
 
@@ -33,11 +34,14 @@ class ConsoleServer(Processes):
         super().__init__(root)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        #: the bearer token of ``GET /health`` (beat_sqlalchemy_web_health_token)
+        self.health_token = os.urandom(16).hex()
         (root / "webapp.py").write_text(WEB_APP_MODULE, encoding="utf-8")
         self.env = {k: v for k, v in os.environ.items() if k != "BEAT_SQLALCHEMY_URL"}
         self.env.update(
             WEB_BROKER_URL=broker_url, WEB_DB_URL=db_url, WEB_QUEUE="web-default", WEB_SYNC_INTERVAL="0.5",
             WEB_USERS=json.dumps({USER: password_hash}), WEB_SECRET=os.urandom(24).hex(),
+            WEB_HEALTH_TOKEN=self.health_token,
             PYTHONUNBUFFERED="1",
         )
 

@@ -22,10 +22,10 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from beatsqlalchemy import api, health
+from beatsqlalchemy import api, health, runlog
 from beatsqlalchemy.cli import main
 from beatsqlalchemy.config import BeatConfig
-from beatsqlalchemy.constants import BEAT_RETENTION, CLAIMED
+from beatsqlalchemy.constants import BEAT_RETENTION, CLAIMED, SENT
 from beatsqlalchemy.exceptions import ValidationError
 from beatsqlalchemy.models import BeatRecord, PeriodicTask
 from beatsqlalchemy.schedulers import DatabaseScheduler
@@ -366,3 +366,40 @@ def test_status_and_health_say_what_is_wrong(db_url: str, engine: Engine, sessio
     assert (unknown.exit_code, unknown.stdout) == (1, "beat nobody: no heartbeat recorded\n")
     bad = run("--url", db_url, "health", "--max-age", "-1")
     assert bad.exit_code == 2 and bad.stderr.startswith("error: max_age: invalid value -1.0"), bad.output
+
+
+def failed_runs(engine: Engine, name: str, count: int) -> None:
+    """``count`` runs of ``name`` in the run log, each recorded as failed by a worker."""
+    with engine.connect() as connection:
+        task_id = connection.execute(select(PeriodicTask.__table__.c.id).where(
+            PeriodicTask.__table__.c.name == name)).scalar_one()
+    for number in range(count):
+        now = utcnow() - timedelta(minutes=count - number)
+        run_id = f"{name}-{number}"
+        with engine.begin() as connection:
+            connection.execute(RUNS.insert().values(
+                periodic_task_id=task_id, periodic_task_name=name, slot=now, task_id=run_id, state=SENT,
+                sent_by="beat-a", claim_token="t", claimed_at=now, sent_at=now))
+        runlog.finish(engine, run_id, "failed", "w1", now, error="ValueError: bad")
+
+
+def test_failing_tasks_in_status_and_health(db_url: str, engine: Engine, session: Session) -> None:
+    Store(engine, "x").heartbeat(heartbeat_values("beat-a", seen_ago=1))
+    for name, failures in (("a", 1), ("b", 3), ("ok", 0)):
+        api.save_task(session, name, task="tasks.x", schedule=timedelta(hours=1))
+        failed_runs(engine, name, failures)
+    failing = api.status(session).failing
+    assert (failing.count, failing.more, failing.names) == (2, False, ["b", "a"])
+    assert [t.name for t in api.failing_tasks(session)] == failing.names  # one query for both
+    shown = run("--url", db_url, "status")
+    assert "failing (their latest run failed): 2: 'b', 'a'" in shown.stdout.splitlines()
+    data = json.loads(run("--url", db_url, "status", "--json").stdout)
+    assert data["failing"] == {"count": 2, "more": False, "names": ["b", "a"]}
+
+    assert run("--url", db_url, "health").exit_code == 0  # not checked by default
+    assert run("--url", db_url, "health", "--max-failing", "2").exit_code == 0
+    sick = run("--url", db_url, "health", "--max-failing", "1")
+    assert sick.exit_code == 1
+    assert sick.stdout == "failing (their latest run failed): 2: 'b', 'a' (more than 1)\n"
+    bad = run("--url", db_url, "health", "--max-failing", "-1")
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: max_failing: invalid value -1"), bad.output

@@ -98,9 +98,8 @@ def test_overview_counts_runs_and_lists_the_next_ones(
     api.run_now(session, app, "d-cron", sent_by="web:test")
     summary = listing.overview(session)
     assert summary.sent_hour == summary.sent_day == 1
-    assert [who for who, _, _ in summary.senders] == ["web:test"]
     assert summary.upcoming[0].name == "b-every-minute"
-    assert len(summary.upcoming) == 5 and summary.broken == [] and summary.late == 0
+    assert len(summary.upcoming) == 5 and summary.broken == []
 
 
 def test_next_runs_in_utc_and_in_the_schedules_zone(session: Session) -> None:

@@ -18,14 +18,14 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from ..config import BeatConfig
+from ..config import BeatConfig, web_health_token
 from ..db import get_engine, redact
 from ..exceptions import ValidationError
 from ..migrate import ensure_schema
 from ..sessions import engine_for
 from . import views
 from .auth import Users
-from .security import Authenticate, Gate, SecurityHeaders
+from .security import HEALTH_PATH, Authenticate, Gate, SecurityHeaders
 
 SESSION_COOKIE = "beatsqlalchemy_session"
 #: a session lasts this long without a new login (seconds)
@@ -38,6 +38,7 @@ def templates() -> Jinja2Templates:
                       autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
     env.filters["when"] = views.when
     env.filters["relative"] = views.relative
+    env.filters["clock"] = views.clock
     return Jinja2Templates(env=env)
 
 
@@ -49,7 +50,7 @@ async def error_page(request: Request, exc: Exception) -> Response:
 def create_app(
     app_or_url: Celery | str, *, users: Mapping[str, str] | None = None, secret: str | None = None,
     authenticate: Authenticate | None = None, engine_options: dict[str, Any] | None = None,
-    https_only: bool = False,
+    https_only: bool = False, health_token: str | None = None,
 ) -> Starlette:
     """The console on a Celery app's database (run-now sends through its broker) or on a
     database URL (run-now is then unavailable).
@@ -59,15 +60,19 @@ def create_app(
     ``beat_sqlalchemy_web_secret``. A host application may pass ``authenticate`` instead
     of users: called with each request, it returns the user's name, or None to refuse it.
     The secret is always required (it also keys each session's CSRF token). Behind HTTPS,
-    ``https_only`` marks the session cookie ``Secure``."""
+    ``https_only`` marks the session cookie ``Secure``. ``GET /health`` answers a logged-in
+    session, or ``Authorization: Bearer <health_token>`` (default: the app's
+    ``beat_sqlalchemy_web_health_token``; none: sessions only)."""
     config = BeatConfig.from_app(app_or_url) if isinstance(app_or_url, Celery) else None
     if config is not None:
         engine = engine_for(app_or_url)  # type: ignore[arg-type]
         users = config.web_users if users is None else users
         secret = config.web_secret if secret is None else secret
+        health_token = config.web_health_token if health_token is None else health_token
     else:
         engine = get_engine(str(app_or_url), engine_options or {})
         ensure_schema(engine)
+    health_token = web_health_token(health_token)
     if not secret or not isinstance(secret, str) or len(secret) < 16:
         raise ValidationError("beat_sqlalchemy_web_secret", "<hidden>" if secret else secret,
                               "the web console needs a secret of at least 16 characters to sign its sessions")
@@ -79,7 +84,7 @@ def create_app(
         engine=engine, celery_app=app_or_url if isinstance(app_or_url, Celery) else None,
         users=Users(users) if users and authenticate is None else None, templates=templates(),
         database=redact(engine.url.render_as_string(hide_password=False)),
-        misfire_grace=config.misfire_grace if config is not None else 60.0,
+        claim_timeout=config.claim_timeout if config is not None else 30.0,
     )
     routes = [
         Route("/", views.overview, name="overview"),
@@ -90,6 +95,7 @@ def create_app(
         Route("/task", views.task_page, name="task_page"),
         Route("/task/edit", views.edit_task, methods=["GET", "POST"], name="edit_task"),
         Route("/preview/cron", views.cron_preview, name="cron_preview"),
+        Route(HEALTH_PATH, views.health_check, name="health"),
         Route("/login", views.login, methods=["GET", "POST"], name="login"),
         Route("/logout", views.logout, methods=["POST"], name="logout"),
         Mount("/static", StaticFiles(packages=[("beatsqlalchemy.web", "static")]), name="static"),
@@ -98,7 +104,7 @@ def create_app(
         Middleware(SecurityHeaders),
         Middleware(SessionMiddleware, secret_key=secret, session_cookie=SESSION_COOKIE,
                    max_age=SESSION_MAX_AGE, same_site="strict", https_only=https_only),
-        Middleware(Gate, authenticate=authenticate),
+        Middleware(Gate, authenticate=authenticate, health_token=health_token),
     ]
     web = Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: error_page})
     web.state.console = console

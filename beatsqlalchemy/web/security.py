@@ -11,11 +11,15 @@ from typing import Any
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CSRF_FIELD = "csrf_token"
 USER_KEY = "user"
+#: the health endpoint: a logged-in session, or the health token as a bearer token
+HEALTH_PATH = "/health"
+#: who a request with the health token is
+HEALTH_USER = "health-token"
 #: a host application's authentication: the user name of a request, or None to refuse it
 Authenticate = Callable[[Request], Awaitable[str | None] | str | None]
 
@@ -80,13 +84,25 @@ async def checked_form(request: Request) -> FormData:
     return form
 
 
+def bearer_user(request: Request, token: str | None) -> str | None:
+    """``HEALTH_USER`` when the request's ``Authorization: Bearer`` is ``token`` (compared in
+    constant time); None otherwise, or when there is no token."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if token is None or scheme.lower() != "bearer":
+        return None
+    return HEALTH_USER if hmac.compare_digest(given.strip().encode(), token.encode()) else None
+
+
 class Gate:
     """No page without a user: the session's (after the login page), or the host
-    application's ``authenticate`` hook's. The login page and static files pass."""
+    application's ``authenticate`` hook's; ``/health`` also takes the health token. The
+    login page and static files pass."""
 
-    def __init__(self, app: ASGIApp, authenticate: Authenticate | None) -> None:
+    def __init__(self, app: ASGIApp, authenticate: Authenticate | None,
+                 health_token: str | None = None) -> None:
         self.app = app
         self.authenticate = authenticate
+        self.health_token = health_token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -99,9 +115,15 @@ class Gate:
             await self.app(scope, receive, send)
             return
         user = await self._user(request)
+        if user is None and path == HEALTH_PATH:
+            user = bearer_user(request, self.health_token)
         if user is None:
             response: Any
-            if self.authenticate is not None:
+            if path == HEALTH_PATH:
+                response = JSONResponse({"error": "needs a logged-in session or the health token "
+                                                  "(Authorization: Bearer)"}, 401,
+                                        headers={"www-authenticate": "Bearer"})
+            elif self.authenticate is not None:
                 response = PlainTextResponse("Not authenticated by the host application.", 403)
             elif request.method == "GET":
                 response = RedirectResponse(request.url_for("login").include_query_params(

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from .. import api, describe, listing
+from .. import api, checks, describe, health, listing
 from ..constants import CONFIG_SOURCE, SCHEDULE_KINDS
 from ..db import database_error, redact, session_factory
 from ..exceptions import TaskNotFound, ValidationError
@@ -48,7 +48,7 @@ class Console:
     users: Users | None
     templates: Jinja2Templates
     database: str
-    misfire_grace: float = 60.0
+    claim_timeout: float = 30.0
 
     def read(self, work: Callable[[Session], T]) -> T:
         """``work`` in a new session, in this (worker) thread."""
@@ -142,22 +142,34 @@ class Row:
     total_runs: int
     source: str
     one_off: bool
+    #: what the workers recorded (``beat_sqlalchemy_track_outcomes``): how its latest run
+    #: ended and when, its latest success, how many runs in a row failed
+    last_outcome: str | None = None
+    last_outcome_at: datetime | None = None
+    last_success_at: datetime | None = None
+    failures: int = 0
+
+
+def _moment(value: Any) -> datetime | None:
+    return value if isinstance(value, datetime) else None  # an unreadable stored value: none
 
 
 def row(task: PeriodicTask) -> Row:
     next_run, error = api.next_run_or_error(task)
-    last = task.last_run_at if isinstance(task.last_run_at, datetime) else None
     return Row(task.name, task.task, describe.task(task), getattr(task.schedule_row, "kind", "-"),
-               bool(task.enabled), next_run, error, last, task.total_run_count,
-               task.source or api.DATABASE_SOURCE, bool(task.one_off))
+               bool(task.enabled), next_run, error, _moment(task.last_run_at), task.total_run_count,
+               task.source or api.DATABASE_SOURCE, bool(task.one_off), task.last_outcome,
+               _moment(task.last_outcome_at), _moment(task.last_success_at), task.consecutive_failures or 0)
 
 
 async def overview(request: Request) -> Response:
-    grace = console_of(request).misfire_grace
+    claim_timeout = console_of(request).claim_timeout
 
     def work(session: Session) -> dict[str, Any]:
-        summary = listing.overview(session, grace=grace)
+        summary = listing.overview(session)
         return {"summary": summary, "upcoming": [row(t) for t in summary.upcoming],
+                "health": api.status(session, claim_timeout=claim_timeout),
+                "failing": api.failing_tasks(session, limit=listing.BROKEN_SHOWN),
                 "estimate": listing.estimated_task_count(session)}
 
     return render(request, "overview.html", **await in_thread(request, work))
@@ -226,6 +238,27 @@ async def cron_preview(request: Request) -> Response:
         "runs": [{"utc": utc.strftime("%Y-%m-%d %H:%M UTC"), "local": local.strftime("%Y-%m-%d %H:%M %Z")}
                  for utc, local in preview.runs],
     })
+
+
+async def health_check(request: Request) -> Response:
+    """The status as JSON (``healthy``, ``problems``, ``status``): 200 when healthy, 503
+    otherwise or when the database fails; the thresholds of ``beatsqlalchemy health`` from
+    the query string (``?min_beats=2&max_failing=0``), 400 when one is bad."""
+    console = console_of(request)
+    try:
+        thresholds = checks.Thresholds.from_query(request.query_params)
+        options = checks.status_options(request.query_params)
+    except ValidationError as exc:
+        return JSONResponse({"error": str(exc)}, 400)
+    try:
+        status = await in_thread(request, lambda s: api.status(
+            s, max_age=options.get("max_age", health.MAX_AGE), grace=options.get("grace", health.GRACE),
+            claim_timeout=console.claim_timeout))
+    except HTTPException as exc:
+        return JSONResponse({"healthy": False, "problems": [exc.detail]}, 503)
+    problems = checks.problems(status, thresholds)
+    body = {"healthy": not problems, "problems": problems, "status": checks.status_to_dict(status)}
+    return JSONResponse(body, 503 if problems else 200)
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -356,6 +389,15 @@ def when(moment: datetime | None) -> str:
     if not isinstance(moment, datetime):
         return "—"
     return as_utc(moment).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def clock(moment: datetime | None, day: datetime | None = None) -> str:
+    """``HH:MM:SS`` when on the same UTC day as ``day`` (a run's slot), else as ``when``."""
+    if isinstance(moment, datetime) and isinstance(day, datetime):
+        moment = as_utc(moment)
+        if moment.date() == as_utc(day).date():
+            return moment.strftime("%H:%M:%S")
+    return when(moment)
 
 
 def relative(moment: datetime | None) -> str:

@@ -24,33 +24,10 @@ from beatsqlalchemy import api
 from beatsqlalchemy.cli import main
 from beatsqlalchemy.models import PeriodicTask, PeriodicTaskRun
 from harness.helpers import stored
-from harness.processes import APP_MODULE, Cluster, wait_for
+from harness.processes import OUTCOMES_APP, Cluster, wait_for
 from harness.proxy import Proxy
 
 pytestmark = pytest.mark.e2e
-
-#: the e2e app, tracking outcomes, with a task that fails and one that succeeds on its retry
-OUTCOMES_APP = APP_MODULE.replace(
-    "    broker_connection_retry_on_startup=True,\n",
-    "    broker_connection_retry_on_startup=True,\n    beat_sqlalchemy_track_outcomes=True,\n",
-) + '''
-
-@app.task(name="e2e.fail")
-def fail(tag):
-    """Fails every time, with a message longer than any error the run log keeps."""
-    record(tag)
-    raise KeyError("no such account " + "x" * 2000)
-
-
-@app.task(bind=True, name="e2e.flaky", max_retries=3)
-def flaky(self, tag):
-    """Fails its first attempt (and asks for a retry), then succeeds."""
-    record(tag)
-    if not self.request.retries:
-        raise self.retry(exc=ConnectionError("the mail server said later"), countdown=0.2)
-    return "ok"
-'''
-
 
 @pytest.fixture
 def cluster(cluster: Cluster) -> Cluster:

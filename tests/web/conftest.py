@@ -9,6 +9,7 @@ downloads no browser here. Without it the tests are skipped (failed under ``CI=t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -21,7 +22,9 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from beatsqlalchemy import api, db, migrate
+from beatsqlalchemy.health import BeatInfo
 from beatsqlalchemy.web.auth import hash_password
+from harness.processes import OUTCOMES_APP, CeleryProcess, Cluster, wait_for
 from harness.servers import REDIS_URL, flushed_redis, new_database, unavailable
 from harness.web import CONFIG_ENTRY, CONFIG_TASK, PASSWORD, USER, ConsoleServer
 
@@ -172,3 +175,26 @@ def screenshots(tmp_path: Path) -> Path:
     target = Path(os.environ.get("BEAT_WEB_SCREENSHOTS") or tmp_path)
     target.mkdir(parents=True, exist_ok=True)
     return target
+
+
+# -- beats and workers for the console to show ------------------------------------------------
+
+#: beats of the console's tests write a heartbeat this often (seconds)
+HEARTBEAT = 0.5
+
+
+def cluster_of(keep_processes: Any, tmp_path: Path, console: Console, name: str) -> Cluster:
+    """Beat and a worker of the e2e app tracking outcomes, heartbeats every ``HEARTBEAT``."""
+    cluster = keep_processes(Cluster(tmp_path, console.broker_url, console.db_url, name))
+    (cluster.root / "e2eapp.py").write_text(OUTCOMES_APP, encoding="utf-8")
+    cluster.env["E2E_CONF"] = json.dumps({"beat_sqlalchemy_heartbeat_interval": HEARTBEAT})
+    return cluster
+
+
+def beat_of(console: Console, process: CeleryProcess) -> BeatInfo:
+    """The heartbeat row of a beat process (waits for its first heartbeat)."""
+    def found() -> BeatInfo | None:
+        with db.session_factory(console.engine)() as session:
+            return next((b for b in api.status(session).beats if b.pid == process.pid), None)
+
+    return wait_for(found, 15, f"a heartbeat of the beat of pid {process.pid}")

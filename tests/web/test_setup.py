@@ -89,3 +89,31 @@ def test_mounted_with_the_host_applications_authentication(db_url: str) -> None:
     assert 'href="http://127.0.0.1/beat/static/console.css' in page.text  # links under the mount
     assert client.get("/beat/login", headers={"x-user": "carol"}).status_code == 200
     assert page.headers["x-frame-options"] == "DENY"
+
+
+@pytest.mark.parametrize("token", ["short", 12345, "   " * 8])
+def test_a_health_token_under_16_characters_is_refused(web_app: Celery, db_url: str, token: object) -> None:
+    web_app.conf.update(beat_sqlalchemy_web_users={"a": hash_password("pw")},
+                        beat_sqlalchemy_web_secret=SECRET, beat_sqlalchemy_web_health_token=token)
+    result = cli("-A", APP_MODULE, "web")
+    assert result.exit_code == 2 and "beat_sqlalchemy_web_health_token" in result.stderr
+    assert str(token) not in result.stderr.replace("beat_sqlalchemy_web_health_token", "")
+    with pytest.raises(ValidationError, match="beat_sqlalchemy_web_health_token"):
+        create_app(db_url, secret=SECRET, users={"a": hash_password("pw")}, health_token=token)  # type: ignore[arg-type]
+
+
+def test_health_when_mounted_takes_the_token_or_the_host_applications_user(db_url: str) -> None:
+    token = "t" * 24
+    app = create_app(db_url, secret=SECRET, authenticate=lambda request: request.headers.get("x-user"),
+                     health_token=token)
+    host = Starlette(routes=[Mount("/beat", app)])
+    client = TestClient(host, base_url="http://127.0.0.1")
+    refused = client.get("/beat/health", headers={"authorization": "Bearer " + "t" * 23 + "u"})
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    by_token = client.get("/beat/health", headers={"authorization": f"Bearer {token}"})
+    by_user = client.get("/beat/health", headers={"x-user": "carol"})
+    for answer in (by_token, by_user):  # no beat has a heartbeat: unhealthy
+        assert answer.status_code == 503 and answer.json()["problems"][0].startswith("beats: 0 alive")
+    relaxed = client.get("/beat/health?min_beats=0", headers={"authorization": f"Bearer {token}"})
+    assert relaxed.status_code == 200 and relaxed.json()["healthy"] is True
+    assert client.get("/beat/tasks", headers={"authorization": f"Bearer {token}"}).status_code == 403
