@@ -4,7 +4,9 @@ The public surface: the tables (``beatsqlalchemy.models``), the write and read a
 (``beatsqlalchemy.api``), the errors (``beatsqlalchemy.exceptions``), beat's scheduler
 (``beatsqlalchemy.schedulers.DatabaseScheduler``, loaded by Celery by its path) and the
 worker's base task (``beatsqlalchemy.worker.RunOnceTask``). Importing the package imports
-``api``, which registers the write core that ``PeriodicTask.update_or_create`` uses.
+``api``, which registers the write core that ``PeriodicTask.update_or_create`` uses, and
+``outcomes``, which connects the workers' receivers of Celery's task signals (they record run
+outcomes only when the worker's app sets ``beat_sqlalchemy_track_outcomes``).
 """
 
 from __future__ import annotations

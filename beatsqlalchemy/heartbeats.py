@@ -58,6 +58,7 @@ class Heartbeat:
         self._next = 0.0
         self._next_prune = 0.0
         self._pending: Future[int] | None = None
+        self._started = False
         self._failure: str | None = None
 
     def sent(self, count: int) -> None:
@@ -81,9 +82,11 @@ class Heartbeat:
             "outage_reason": self.outage_reason,
         }
 
-    def beat(self, submit: Callable[..., Future[int]], write: Callable[..., int]) -> None:
+    def beat(self, submit: Callable[..., Future[int]], write: Callable[..., int],
+             inline: Callable[..., Future[int]]) -> None:
         """When one is due and the last one is done: hand ``write(values, prune_before)``
-        to ``submit`` (the database thread) without waiting for it."""
+        to ``submit`` (the database thread) without waiting for it. The first one, at
+        start, runs through ``inline``: beat is reading the database then anyway."""
         if not self.interval:
             return
         at = time.monotonic()
@@ -95,10 +98,11 @@ class Heartbeat:
         if at >= self._next_prune:
             prune_before = utcnow() - timedelta(seconds=BEAT_RETENTION)
             self._next_prune = at + PRUNE_EVERY
-        self._pending = submit(write, self.values(), prune_before)
+        run, self._started = (submit if self._started else inline), True
+        self._pending = run(write, self.values(), prune_before)
 
     def close(self) -> None:
-        """Wait for the last heartbeat, if any (the database thread is closing)."""
+        """Check the last heartbeat, if any (the database thread has closed)."""
         pending, self._pending = self._pending, None
         if pending is not None:
             self._check(pending)

@@ -13,6 +13,9 @@ Each run costs one short write when it starts and one when it ends, each bounded
 per outage, tries again at most every ``RETRY_EVERY`` seconds meanwhile, and runs its tasks
 anyway. The error recorded is the exception's type and the first line of its message,
 capped: never the task's arguments.
+
+Internal: not part of the public surface (see ``beatsqlalchemy.__all__``), but for its module
+path, which a worker's ``imports`` may name.
 """
 
 from __future__ import annotations

@@ -353,7 +353,7 @@ class DatabaseScheduler(Scheduler):
         """Read the database, unless the change watch saw nothing committed since the last
         read and nothing else is due. A heartbeat, when one is due, goes to the database
         thread first."""
-        self.heartbeat.beat(self._db.submit, self.store.heartbeat)
+        self.heartbeat.beat(self._db.submit, self.store.heartbeat, self._db.inline)
         if self._quiet():
             at = time.monotonic()
             self._next_sync = at + self.config.watch_interval

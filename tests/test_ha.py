@@ -21,7 +21,7 @@ from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from beatsqlalchemy import api, db
+from beatsqlalchemy import api, db, runlog
 from beatsqlalchemy.models import PeriodicTask
 from beatsqlalchemy.runids import run_task_id
 from beatsqlalchemy.schedulers import DatabaseScheduler
@@ -259,9 +259,9 @@ def test_a_run_starts_once_on_the_workers(engine: Engine, session: Session) -> N
     runs = {r.name: r for r in claim_due(a, now)}
     started = runs["started"].task_id
 
-    assert a.start(started, "worker-1", now) is True
-    assert a.start(started, "worker-2", now + timedelta(seconds=1)) is False
-    assert a.start(logged_id(10**6, now), "worker-1", now) is True  # not a run beat logged
+    assert runlog.start(engine, started, "worker-1", now) is True
+    assert runlog.start(engine, started, "worker-2", now + timedelta(seconds=1)) is False
+    assert runlog.start(engine, logged_id(10**6, now), "worker-1", now) is True  # not a run beat logged
     row = next(r for r in logged(engine) if r.task_id == started)
     assert (row.started_by, row.started_at, row.state) == ("worker-1", now, "claimed")
 

@@ -19,6 +19,7 @@ import pytest
 from celery import Celery
 from click.testing import CliRunner
 from sqlalchemy import Engine, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from beatsqlalchemy import api, health, runlog
@@ -30,7 +31,8 @@ from beatsqlalchemy.models import BeatRecord, PeriodicTask
 from beatsqlalchemy.schedulers import DatabaseScheduler
 from beatsqlalchemy.schedules import utcnow
 from beatsqlalchemy.store import BEATS, RUNS, Run, Store
-from harness.helpers import tick_until
+from harness.helpers import tick_for, tick_until
+from harness.proxy import Proxy
 
 TOKEN = "metrics-token-for-tests"
 
@@ -120,6 +122,36 @@ def test_an_outage_is_recorded_by_the_first_heartbeat_after_it(
     [row] = beat_rows(engine)
     assert row.outage_since <= row.outage_ended
     assert row.outage_reason == "RuntimeError: connection refused"
+
+
+def test_a_real_outage_is_recorded_by_the_first_heartbeat_after_it(
+    backend: str, db_url: str, engine: Engine,
+) -> None:
+    """Beat behind a proxy that refuses every connection for a while: the heartbeat after
+    the outage records when it began and ended, and the database error."""
+    if backend == "sqlite":
+        pytest.skip("a SQLite file has no server to cut off")
+    parsed = make_url(db_url)
+    port = parsed.port or (5432 if backend == "postgresql" else 3306)
+    with Proxy(port, parsed.host or "127.0.0.1") as proxy:
+        app = Celery("outage", broker="memory://", set_as_current=False)
+        app.conf.update(beat_sqlalchemy_url=proxy.url(db_url), beat_sqlalchemy_sync_interval=0.1,
+                        beat_sqlalchemy_heartbeat_interval=0.2, beat_sqlalchemy_database_timeout=2)
+        scheduler = RecordingScheduler(app=app)
+        try:
+            tick_until(scheduler, lambda: len(beat_rows(engine)) == 1, timeout=10)
+            proxy.cut()
+            tick_until(scheduler, lambda: scheduler.heartbeat.outage_since is not None, timeout=10)
+            tick_for(scheduler, 0.5)
+            proxy.resume()
+            tick_until(scheduler, lambda: beat_rows(engine)[0].outage_ended is not None, timeout=15)
+        finally:
+            scheduler.close()
+            app.close()
+    [row] = beat_rows(engine)
+    assert row.outage_since < row.outage_ended and row.outage_reason
+    assert (row.outage_ended - row.outage_since).total_seconds() >= 0.5
+    assert "Error" in row.outage_reason and "SELECT" not in row.outage_reason
 
 
 # -- status ---------------------------------------------------------------------------------
@@ -290,7 +322,7 @@ def test_a_failed_heartbeat_is_logged_once_and_never_fails_beat(
 
     for _ in range(3):
         beat.heartbeat._next = 0.0
-        beat.heartbeat.beat(beat._db.submit, refused)
+        beat.heartbeat.beat(beat._db.submit, refused, beat._db.inline)
         beat.heartbeat.close()
     assert beat.tick() >= 0
     lines = [r.getMessage() for r in caplog.records if "could not record its heartbeat" in r.getMessage()]

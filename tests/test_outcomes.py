@@ -8,9 +8,11 @@ import logging
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from celery import Celery
+from celery.signals import before_task_publish
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.orm import Session
 
@@ -298,3 +300,28 @@ def test_the_setting_is_read_from_the_app() -> None:
     with pytest.raises(ValidationError) as caught:
         outcomes.enabled(bad)
     assert caught.value.field == "beat_sqlalchemy_track_outcomes"
+
+
+# -- run now ------------------------------------------------------------------------------------
+
+def test_run_now_logs_its_run_before_publishing_it(engine: Engine, session: Session, app: Celery,
+                                                   task: PeriodicTask) -> None:
+    """A worker that records the outcome finds the run by its task id, however fast it starts."""
+    seen: list[tuple[str, str | None]] = []
+
+    def at_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
+        task_id = (headers or {}).get("id")
+        with Session(engine) as other:
+            found = other.scalars(select(PeriodicTaskRun).where(PeriodicTaskRun.task_id == task_id)).first()
+            seen.append((str(task_id), found.state if found is not None else None))
+
+    before_task_publish.connect(at_publish, weak=False)
+    try:
+        run = api.run_now(session, app, "nightly")
+    finally:
+        before_task_publish.disconnect(at_publish)
+    assert seen == [(run.task_id, "claimed")]
+    assert run_row(engine, run.task_id).state == "sent"
+    assert runlog.finish(engine, run.task_id, "succeeded", "w1", T0)
+    row = stored(engine, "nightly")
+    assert row is not None and row.last_outcome == "succeeded"

@@ -146,7 +146,7 @@ def test_readers_judge_a_flagged_row_as_beat_will(
     session.rollback()
     listed = CliRunner().invoke(cli_main, ["--url", db_url, "list"])
     assert listed.exit_code == 0, listed.output
-    assert [line.split()[-3] for line in listed.output.splitlines()[1:]] == ["error"], listed.output
+    assert [line.split()[-4] for line in listed.output.splitlines()[1:]] == ["error"], listed.output
 
 
 def test_recompute_marks_unreadable_rows_and_schedules_the_others(

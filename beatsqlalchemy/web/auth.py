@@ -54,6 +54,9 @@ class Users:
     def __bool__(self) -> bool:
         return bool(self._hashes)
 
+    def __contains__(self, user: object) -> bool:
+        return user in self._hashes
+
     def check(self, user: str, password: str) -> bool:
         """Whether ``password`` is ``user``'s; the same work whichever is wrong."""
         known = user in self._hashes

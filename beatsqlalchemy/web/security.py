@@ -136,9 +136,10 @@ class Gate:
         await self.app(scope, receive, send)
 
     async def _user(self, request: Request) -> str | None:
-        if self.authenticate is None:
+        if self.authenticate is None:  # a user removed from the configuration is out at once
             user = request.session.get(USER_KEY)
-            return user if isinstance(user, str) else None
+            users = request.app.state.console.users
+            return user if isinstance(user, str) and users is not None and user in users else None
         found = self.authenticate(request)
         if isinstance(found, Awaitable):
             found = await found

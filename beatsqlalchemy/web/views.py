@@ -113,9 +113,9 @@ async def login(request: Request) -> Response:
         await asyncio.sleep(FAILED_LOGIN_DELAY)
         return render(request, "login.html", 401, next=target or "", name=name,
                       error="Wrong user name or password.")
-    token = request.session.get("csrf_token")
-    request.session.clear()
-    request.session.update({USER_KEY: name, "csrf_token": token})
+    request.session.clear()  # a new session: a token seen before the login is worthless after it
+    request.session[USER_KEY] = name
+    csrf_token(request)
     return RedirectResponse(target or str(request.url_for("overview")), 303)
 
 

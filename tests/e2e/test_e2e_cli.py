@@ -117,7 +117,7 @@ def test_a_session_with_the_installed_command(via: str, db_url: str, engine: Eng
     table = run.ok("list").splitlines()
     assert [line.split()[0] for line in table] == [
         "NAME", "celery.backend_cleanup", "from-config", "heartbeat", "report"]
-    assert table[2].split()[-1] == "config" and table[3].split()[-1] == "database"
+    assert table[2].split()[-2:] == ["config", "-"] and table[3].split()[-2:] == ["database", "-"]
 
     run.ok("edit", "heartbeat", "--every", "1m", "--priority", "5")
     disabled = run.ok("disable", "heartbeat", "report").splitlines()

@@ -117,3 +117,28 @@ def test_health_when_mounted_takes_the_token_or_the_host_applications_user(db_ur
     relaxed = client.get("/beat/health?min_beats=0", headers={"authorization": f"Bearer {token}"})
     assert relaxed.status_code == 200 and relaxed.json()["healthy"] is True
     assert client.get("/beat/tasks", headers={"authorization": f"Bearer {token}"}).status_code == 403
+
+
+def _token(page: str) -> str:
+    marker = 'name="csrf_token" value="'
+    assert marker in page, page[:500]
+    return page.split(marker, 1)[1].split('"', 1)[0]
+
+
+def test_a_login_gets_a_new_csrf_token_and_a_removed_user_is_out_at_once(db_url: str) -> None:
+    """The token of the page before the login is worthless after it; a session of a user
+    no longer in the configuration is refused, though its cookie is still signed."""
+    users = {"alice": hash_password("wonderland"), "bob": hash_password("builder")}
+    client = TestClient(create_app(db_url, users=users, secret=SECRET), base_url="http://127.0.0.1")
+    before = _token(client.get("/login").text)
+    logged_in = client.post("/login", data={"name": "alice", "password": "wonderland", "csrf_token": before},
+                            follow_redirects=False)
+    assert logged_in.status_code == 303
+    after = _token(client.get("/tasks").text)
+    assert after != before
+    assert client.post("/logout", data={"csrf_token": before}).status_code == 403  # the old token
+    cookies = dict(client.cookies)
+    without_alice = TestClient(create_app(db_url, users={"bob": users["bob"]}, secret=SECRET),
+                               base_url="http://127.0.0.1", cookies=cookies)
+    assert without_alice.get("/tasks", follow_redirects=False).status_code == 303  # to the login page
+    assert client.get("/tasks", follow_redirects=False).status_code == 200  # still in where she is a user
