@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 VERSION_TABLE = "beatsqlalchemy_version"
 _VERSIONS = table(VERSION_TABLE, column("version_num"))
 #: the newest migration in ``migrations/versions`` (a test holds it to the scripts' head)
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 
 #: engines whose schema was found current (weak: a freed engine's id may be reused)
 _checked: weakref.WeakSet[Engine] = weakref.WeakSet()

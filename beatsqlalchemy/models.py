@@ -964,3 +964,8 @@ Index("ix_celery_periodic_task_broken", PeriodicTask.id,
       sqlite_where=PeriodicTask.schedule_error.is_not(None))
 #: tasks found by a prefix of the Celery task they send
 Index("ix_celery_periodic_task_task", PeriodicTask.task)
+#: the failing tasks, most failures first (PostgreSQL and SQLite: only those; migration 0008)
+Index("ix_celery_periodic_task_failing", PeriodicTask.consecutive_failures.desc(),
+      PeriodicTask.last_outcome_at.desc(), PeriodicTask.name,
+      postgresql_where=PeriodicTask.consecutive_failures >= 1,
+      sqlite_where=PeriodicTask.consecutive_failures >= 1)

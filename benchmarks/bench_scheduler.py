@@ -26,7 +26,6 @@ import pstats
 import random
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,6 +59,7 @@ from sqlalchemy import JSON, Engine, delete, func, insert, select, text
 from sqlalchemy.engine import make_url
 
 from harness import servers
+from harness.http import free_port
 
 UTC = timezone.utc
 #: the server database, dropped and recreated per N: give concurrent runs different names
@@ -699,12 +699,6 @@ OBSERVED_HEARTBEAT = 1.0
 #: the row label of each ``--observability`` setting
 OBSERVED_LABELS = {False: "", True: " +hb+metrics"}
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 (for the metrics endpoint)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def parent_main(args: argparse.Namespace) -> int:

@@ -9,8 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -32,6 +30,8 @@ from beatsqlalchemy.schedulers import DatabaseScheduler
 from beatsqlalchemy.schedules import utcnow
 from beatsqlalchemy.store import BEATS, RUNS, Run, Store
 from harness.helpers import tick_for, tick_until
+from harness.http import free_port
+from harness.http import scrape as scrape_metrics
 from harness.proxy import Proxy
 
 TOKEN = "metrics-token-for-tests"
@@ -213,21 +213,8 @@ def test_status_thresholds_are_validated(session: Session, field: str, value: An
 
 # -- metrics --------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def scrape(port: int, token: str | None = TOKEN) -> tuple[int, str]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+    return scrape_metrics(port, token)
 
 
 def sample(body: str, name: str) -> float:

@@ -9,8 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from beatsqlalchemy import api, db
+from harness.http import free_port
+from harness.http import scrape as scrape_metrics
 from harness.processes import Cluster, wait_for
 from harness.proxy import Proxy
 
@@ -117,21 +117,8 @@ def test_status_lists_two_running_beats_and_marks_one_gone_after_it_is_killed(cl
     assert re.search(rf"^  alive .* pid {second.pid} ", text, re.MULTILINE), text
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def scrape(port: int, token: str | None = TOKEN) -> tuple[int, str]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
+    return scrape_metrics(port, token)
 
 
 def sample(body: str, name: str) -> float:
