@@ -60,6 +60,8 @@ class Heartbeat:
         self._pending: Future[int] | None = None
         self._started = False
         self._failure: str | None = None
+        #: the reason of the last failed heartbeat outside an outage, not said yet
+        self._suspect: str | None = None
 
     def sent(self, count: int) -> None:
         self.runs_sent += count
@@ -84,11 +86,12 @@ class Heartbeat:
 
     def beat(self, submit: Callable[..., Future[int]], write: Callable[..., int],
              inline: Callable[..., Future[int]]) -> None:
-        """When one is due and the last one is done: hand ``write(values, prune_before)``
+        """When one is due, the last one is done and beat is not in a database outage (the
+        first heartbeat after it records it): hand ``write(values, prune_before)``
         to ``submit`` (the database thread) without waiting for it. The first one, at
         start, runs through ``inline``: beat is reading the database then anyway."""
-        if not self.interval:
-            return
+        if not self.interval or (self.outage_since is not None and self.outage_ended is None):
+            return  # in an outage beat's back-off alone decides when to try the database
         at = time.monotonic()
         if at < self._next or (self._pending is not None and not self._pending.done()):
             return
@@ -108,8 +111,9 @@ class Heartbeat:
             self._check(pending)
 
     def _check(self, done: Future[int] | None) -> None:
-        """Log a failed heartbeat once per reason (a missing grant on the table, say);
-        outages of the whole database are beat's own to log."""
+        """Log a failed heartbeat once per reason (a missing grant on the table, say), once
+        it has failed twice in a row for it; outages of the whole database are beat's own
+        to log."""
         if done is None:
             return
         try:
@@ -118,12 +122,17 @@ class Heartbeat:
             reason = (database_error(exc) if isinstance(exc, SQLAlchemyError)
                       else f"{type(exc).__name__}: {exc}")
             in_outage = self.outage_since is not None and self.outage_ended is None
-            if reason != self._failure and not in_outage:
+            # said at its second time in a row outside an outage: the first failure of a
+            # database that stopped answering may come before beat's own read finds the
+            # outage, which beat logs once itself
+            suspected, self._suspect = self._suspect, (None if in_outage else reason)
+            if reason != self._failure and not in_outage and reason == suspected:
                 logger.warning("beat: could not record its heartbeat in beatsqlalchemy_beat (%s); "
                                "status and health do not see this beat until it can", reason)
                 self._failure = reason
             self._next_prune = 0.0
             return
+        self._suspect = None
         if self._failure is not None:
             logger.info("beat: heartbeat recorded again")
             self._failure = None
