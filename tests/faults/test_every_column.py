@@ -45,7 +45,8 @@ TAKES: dict[str, dict[str, set[str]]] = {
         "total_run_count": {"int"}, "description": {"str", "none"},
         "source": {"none"}, "schedule_error": {"none"}, "misfire_policy": {"none"}, "run_key": set(),
         # the workers' own (run outcomes): refused whatever the value
-        "last_outcome": set(), "last_outcome_at": set(), "last_success_at": set(), "consecutive_failures": set(),
+        "last_outcome": set(), "last_outcome_at": set(), "last_success_at": set(),
+        "consecutive_failures": set(),
     },
     "interval": {"id": {"int", "none"}, "every": {"int"}, "period": set()},
     "crontab": {"id": {"int", "none"}, "minute": {"int"}, "hour": {"int"}, "day_of_week": {"int"},
