@@ -3,6 +3,7 @@ beat's metrics endpoint. Standard library only."""
 
 from __future__ import annotations
 
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -26,3 +27,10 @@ def scrape(port: int, token: str | None) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+def sample(body: str, name: str) -> float:
+    """The value of the metric ``name`` (without labels) in a scrape's ``body``."""
+    match = re.search(rf"^{re.escape(name)} (\S+)$", body, re.MULTILINE)
+    assert match, f"{name} not in:\n{body}"
+    return float(match.group(1))

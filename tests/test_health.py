@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import re
 import socket
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from beatsqlalchemy.schedulers import DatabaseScheduler
 from beatsqlalchemy.schedules import utcnow
 from beatsqlalchemy.store import BEATS, RUNS, Run, Store
 from harness.helpers import tick_for, tick_until
-from harness.http import free_port
+from harness.http import free_port, sample
 from harness.http import scrape as scrape_metrics
 from harness.proxy import Proxy
 
@@ -216,11 +215,6 @@ def test_status_thresholds_are_validated(session: Session, field: str, value: An
 def scrape(port: int, token: str | None = TOKEN) -> tuple[int, str]:
     return scrape_metrics(port, token)
 
-
-def sample(body: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", body, re.MULTILINE)
-    assert match, f"{name} not in the scrape"
-    return float(match.group(1))
 
 
 def test_metrics_need_the_token_and_move_as_runs_go_out(app: Celery, session: Session) -> None:

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from beatsqlalchemy import api, db
-from harness.http import free_port
+from harness.http import free_port, sample
 from harness.http import scrape as scrape_metrics
 from harness.processes import Cluster, wait_for
 from harness.proxy import Proxy
@@ -120,11 +120,6 @@ def test_status_lists_two_running_beats_and_marks_one_gone_after_it_is_killed(cl
 def scrape(port: int, token: str | None = TOKEN) -> tuple[int, str]:
     return scrape_metrics(port, token)
 
-
-def sample(body: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", body, re.MULTILINE)
-    assert match, f"{name} not in:\n{body}"
-    return float(match.group(1))
 
 
 def test_a_running_beat_serves_metrics_with_its_token(cluster: Cluster, db_url: str) -> None:
